@@ -1,0 +1,1 @@
+"""DeepFish: the TFDS builder (``deepfish_dataset_builder``), tree reading and sources."""

@@ -1,0 +1,116 @@
+"""Sources over a DeepFish-layout tree: through the TFDS builder, or read directly.
+
+Split names: ``"train"`` reads ``config_name``'s training split (FishLoc with the FishSeg
+val/test IDs removed, or FishSeg); ``"val"``/``"test"`` read ``eval_config``'s split (FishSeg
+masks, as every reference run). ``"<subset>:<split>"`` (e.g. ``"fish_loc:val"``) names a subset
+explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any
+
+from alcfcn_jax.data.config import field
+from alcfcn_jax.data.deepfish import tree as tree_lib
+from alcfcn_jax.data.errors import BadExamples, DataError
+from alcfcn_jax.data.source import MappedSource
+
+logger = logging.getLogger("alcfcn_jax.data")
+
+
+def resolve_split(data_cfg: Any, split: str) -> tuple[str, str]:
+    """(subset, split) that a split name reads (see module doc)."""
+    if ":" in split:
+        subset, split = split.split(":", 1)
+    elif split == "train":
+        subset = field(data_cfg, "config_name")
+    else:
+        subset = field(data_cfg, "eval_config")
+    if subset not in tree_lib.SUBSETS:
+        raise DataError(f"DeepFish subset must be one of {tuple(tree_lib.SUBSETS)}, got {subset!r}")
+    if split not in tree_lib.SPLITS:
+        raise DataError(f"DeepFish split must be one of {tree_lib.SPLITS}, got {split!r}")
+    return subset, split
+
+
+def prepare(
+    root: str | pathlib.Path,
+    tfds_dir: str | pathlib.Path,
+    subset: str,
+    *,
+    short_side: int | None = 256,
+    placement: str = "centroid",
+    skip_bad_examples: bool = False,
+):
+    """Prepares (once; idempotent) a subset as array_record files and returns the builder."""
+    import tensorflow_datasets as tfds  # deferred: importing TFDS costs ~1 s
+
+    from alcfcn_jax.data.deepfish.deepfish_dataset_builder import DeepFish, config_for
+
+    # Check the layout first so a wrong path is a DataError, not a TFDS traceback.
+    tree_lib.DeepFishTree(root)
+    config = config_for(subset, short_side, placement)
+    registered = {c.name for c in DeepFish.BUILDER_CONFIGS}
+    builder = DeepFish(
+        # TFDS refuses a config object named like a registered one: pass the name then.
+        config=config.name if config.name in registered else config,
+        data_dir=str(tfds_dir),
+        file_format="array_record",
+        skip_bad_examples=skip_bad_examples,
+    )
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+    return builder
+
+
+def tfds_source(data_cfg: Any, root: str | pathlib.Path, tfds_dir: str, split: str) -> MappedSource:
+    """A source over the TFDS-prepared split (prepared on first use)."""
+    subset, sp = resolve_split(data_cfg, split)
+    builder = prepare(
+        root,
+        tfds_dir,
+        subset,
+        short_side=field(data_cfg, "image_short_side"),
+        placement=field(data_cfg, "point_placement"),
+        skip_bad_examples=field(data_cfg, "skip_bad_examples"),
+    )
+    ds = builder.as_data_source(split=sp)
+    bg = int(field(data_cfg, "bg_points"))
+    return MappedSource(
+        range(len(ds)),
+        lambda i: tree_lib.record_to_example(ds[i], bg_points=bg),
+        f"deepfish[{builder.builder_config.name}/{sp}] via TFDS at {tfds_dir}",
+    )
+
+
+def raw_source(data_cfg: Any, root: str | pathlib.Path, split: str) -> MappedSource:
+    """A source reading the tree directly, with exactly the builder's preprocessing.
+
+    With ``skip_bad_examples`` every example is loaded once up front so bad ones can be
+    reported and left out before training starts; otherwise a bad file raises on access.
+    """
+    subset, sp = resolve_split(data_cfg, split)
+    tree = tree_lib.DeepFishTree(root)
+    rows = tree.ids(subset, sp)
+    short = field(data_cfg, "image_short_side")
+    placement = field(data_cfg, "point_placement")
+    bg = int(field(data_cfg, "bg_points"))
+
+    def load(row):
+        rec = tree.record(subset, row[0], count=row[1], short_side=short, placement=placement)
+        return tree_lib.record_to_example(rec, bg_points=bg)
+
+    if field(data_cfg, "skip_bad_examples"):
+        bad = BadExamples(True, f"DeepFish {subset}/{sp}")
+        good = []
+        for row in rows:
+            try:
+                load(row)
+            except DataError as e:
+                bad.handle(e)
+                continue
+            good.append(row)
+        bad.summarize()
+        rows = good
+    return MappedSource(rows, load, f"deepfish[{subset}/{sp}] read from {root}")

@@ -1,0 +1,199 @@
+"""Host-side preprocessing shared by every reader (numpy + PIL, no JAX).
+
+Reproduces the reference loader (reference spec 5.2-5.3): torchvision ``Resize(256)`` on PIL
+images (short side to 256, long side ``int(256 * long / short)``, PIL bilinear which antialiases
+when downscaling), masks and point maps with PIL nearest, ImageNet normalisation at load, and one
+point per 8-connected mask blob at the int-truncated centroid.
+"""
+
+from __future__ import annotations
+
+import io
+import pathlib
+
+import numpy as np
+import scipy.ndimage as ndi
+import skimage.measure
+from PIL import Image
+
+from alcfcn_jax.data.errors import DataError
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+IGNORE = 255
+
+
+def resized_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
+    """Output (H, W) of torchvision ``Resize(short_side)``; ``None`` keeps the size.
+
+    The long side is truncated, not rounded (1080x1920 at 256 -> 256x455).
+    """
+    if short_side is None:
+        return height, width
+    if width <= height:
+        return int(short_side * height / width), int(short_side)
+    return int(short_side), int(short_side * width / height)
+
+
+def load_image(source: str | pathlib.Path | bytes, name: str | None = None) -> Image.Image:
+    """Decodes an image file (or encoded bytes) to an RGB PIL image.
+
+    Raises:
+      DataError: the file is missing or cannot be decoded; the message names it.
+    """
+    label = name or str(source)
+    try:
+        if isinstance(source, bytes):
+            img = Image.open(io.BytesIO(source))
+        else:
+            img = Image.open(source)
+        img.load()
+    except FileNotFoundError as e:
+        raise DataError(f"{label}: image file not found") from e
+    except Exception as e:  # PIL raises several types for corrupt files
+        raise DataError(f"{label}: cannot decode image ({type(e).__name__}: {e})") from e
+    return img.convert("RGB")
+
+
+def load_gray(path: str | pathlib.Path, what: str) -> np.ndarray:
+    """Reads a mask or point-map PNG as a 2-D uint8 array (any channel non-zero counts).
+
+    Raises:
+      DataError: missing or undecodable file.
+    """
+    try:
+        img = Image.open(path)
+        img.load()
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: {what} file not found") from e
+    except Exception as e:
+        raise DataError(f"{path}: cannot decode {what} ({type(e).__name__}: {e})") from e
+    arr = np.asarray(img)
+    if arr.ndim == 3:
+        # Palette/RGB PNGs: a pixel is set if any channel is (alpha ignored).
+        arr = arr[..., :3].max(axis=-1) if arr.shape[-1] >= 3 else arr[..., 0]
+    return arr.astype(np.uint8)
+
+
+def resize_image(img: Image.Image, short_side: int | None) -> Image.Image:
+    """Resizes an RGB PIL image so its short side is ``short_side`` (PIL bilinear)."""
+    h, w = resized_size(img.height, img.width, short_side)
+    if (h, w) == (img.height, img.width):
+        return img
+    return img.resize((w, h), Image.BILINEAR)
+
+
+def resize_nearest(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resizes a 2-D uint8 label array to (H, W) with PIL nearest, as torchvision does."""
+    if arr.shape == tuple(size):
+        return arr
+    return np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.NEAREST))
+
+
+def normalize(img_u8: np.ndarray) -> np.ndarray:
+    """uint8 (H,W,3) -> float32 ImageNet-normalised, as ToTensor + Normalize."""
+    return (img_u8.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def denormalize(img: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`normalize`, returning uint8 (for overlays)."""
+    return np.clip((img * IMAGENET_STD + IMAGENET_MEAN) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def binarize_mask(mask: np.ndarray, path: str) -> np.ndarray:
+    """Maps a 0/255 (or 0/1) mask to 0/1 uint8.
+
+    Raises:
+      DataError: values other than 0, 1 and 255 (e.g. a JPEG-compressed or grey-level mask).
+    """
+    bad = np.setdiff1d(np.unique(mask), [0, 1, 255])
+    if bad.size:
+        raise DataError(
+            f"{path}: mask values must be 0 (background) and 255 or 1 (fish); found {bad[:5]}"
+        )
+    return (mask > 0).astype(np.uint8)
+
+
+def mask_points(mask: np.ndarray, placement: str = "centroid") -> np.ndarray:
+    """One (y, x) point per 8-connected blob of a 0/1 mask.
+
+    Args:
+      mask: (H, W) 0/1 array.
+      placement: ``"centroid"`` = the int-truncated region centroid (the reference's choice; may
+        fall outside a non-convex blob) or ``"edt_max"`` = the blob pixel farthest from the
+        background (the paper's wording; always inside the blob; image borders count as
+        background; ties go to the first pixel in row-major order).
+
+    Returns:
+      (K, 2) int32 array of (y, x), blobs in label order.
+    """
+    labels, n = skimage.measure.label(mask > 0, connectivity=2, return_num=True)
+    if n == 0:
+        return np.zeros((0, 2), np.int32)
+    if placement == "centroid":
+        ys, xs = np.nonzero(labels)
+        lab = labels[ys, xs]
+        cnt = np.bincount(lab, minlength=n + 1)[1:]
+        cy = np.bincount(lab, weights=ys, minlength=n + 1)[1:] / cnt
+        cx = np.bincount(lab, weights=xs, minlength=n + 1)[1:] / cnt
+        return np.stack([cy.astype(np.int64), cx.astype(np.int64)], 1).astype(np.int32)
+    if placement == "edt_max":
+        dist = ndi.distance_transform_edt(np.pad(mask > 0, 1))[1:-1, 1:-1]
+        pos = ndi.maximum_position(dist, labels, np.arange(1, n + 1))
+        return np.asarray(pos, np.int32).reshape(n, 2)
+    raise ValueError(f"point_placement must be 'centroid' or 'edt_max', got {placement!r}")
+
+
+def background_points(mask: np.ndarray, n: int, seed: int = 1) -> np.ndarray:
+    """``n`` background points drawn as the reference's ``get_points_from_mask`` does.
+
+    A row is drawn from the list of background-pixel rows (so rows weigh by how much background
+    they hold), then a column among that row's background pixels, with numpy's legacy generator
+    seeded with ``seed`` (the reference seeds 1). Returns (n, 2) int32 (y, x); empty if there is
+    no background.
+    """
+    ys, xs = np.nonzero(mask == 0)
+    if n <= 0 or ys.size == 0:
+        return np.zeros((0, 2), np.int32)
+    rng = np.random.RandomState(seed)
+    out = np.empty((n, 2), np.int32)
+    for i in range(n):
+        y = rng.choice(ys)
+        x = rng.choice(xs[ys == y])
+        out[i] = (y, x)
+    return out
+
+
+def point_map(
+    shape: tuple[int, int], fish: np.ndarray, background: np.ndarray | None = None
+) -> np.ndarray:
+    """(H, W) int32 map: 1 at fish points, 0 at background points, 255 elsewhere.
+
+    Background points are written first so a fish point wins a (rare) collision, as in the
+    reference where bg points are only drawn from background pixels.
+    """
+    pts = np.full(shape, IGNORE, np.int32)
+    if background is not None and len(background):
+        pts[background[:, 0], background[:, 1]] = 0
+    if len(fish):
+        pts[fish[:, 0], fish[:, 1]] = 1
+    return pts
+
+
+def scale_points(points: np.ndarray, src: tuple[int, int], dst: tuple[int, int]) -> np.ndarray:
+    """Maps integer (y, x) pixels from a (H, W) frame to another: ``int(y * h / H)``.
+
+    This is the reference's FishLoc rule for point maps of the full-resolution frame.
+    """
+    if len(points) == 0 or tuple(src) == tuple(dst):
+        return np.asarray(points, np.int32).reshape(-1, 2)
+    p = np.asarray(points, np.float64)
+    y = (p[:, 0] * dst[0] / src[0]).astype(np.int64)
+    x = (p[:, 1] * dst[1] / src[1]).astype(np.int64)
+    return np.stack([y, x], 1).astype(np.int32)
+
+
+def habitat_of(image_id: str) -> str:
+    """DeepFish habitat code of an ID (``valid/7117_Lutjanus_..`` -> ``"7117"``)."""
+    name = image_id.split("/")[-1]
+    return name.split("_")[0]

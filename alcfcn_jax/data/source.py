@@ -1,0 +1,74 @@
+"""Random-access example sources shared by every reader.
+
+A source is a sequence of example dicts (docs/contracts.md "Data"): ``image`` (H,W,3) float32
+ImageNet-normalised, ``points`` (H,W) int32 (1 fish, 0 background point, 255 unlabelled),
+``mask`` (H,W) int32 (0/1, 255 unknown), ``count`` int32, ``habitat`` str, ``id`` str, and
+optionally ``boxes`` (K,4) float32 and ``pad`` (H,W) bool (False on pixels that are not picture,
+e.g. letterbox bars kept in "mask" mode).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from alcfcn_jax.data import preprocess as pp
+from alcfcn_jax.data.errors import DataError
+
+Example = dict[str, Any]
+
+
+class MappedSource(Sequence):
+    """``len(items)`` examples, the i-th built by ``load(items[i])`` on access.
+
+    Args:
+      items: one light descriptor per example (a path, an ID, a record key...).
+      load: builds the example dict from a descriptor.
+      name: a short description used in messages and ``repr``.
+    """
+
+    def __init__(self, items: Sequence[Any], load: Callable[[Any], Example], name: str) -> None:
+        self.items = list(items)
+        self._load = load
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Example:  # type: ignore[override]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"{self.name}: index {index} out of range (size {len(self)})")
+        return self._load(self.items[index])
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}: {len(self)} examples>"
+
+
+class PseudoMaskSource(Sequence):
+    """Replaces each example's ``mask`` by ``<mask_dir>/<id>.png`` (0/255, nearest-resized).
+
+    Used for stage-2 training on pseudo masks (reference spec 7: 'L', Resize NEAREST, 255->1).
+
+    Raises (on access):
+      DataError: the mask file is missing or has values other than 0/1/255.
+    """
+
+    def __init__(self, source: Sequence[Example], mask_dir: str | pathlib.Path) -> None:
+        self.source = source
+        self.mask_dir = pathlib.Path(mask_dir).expanduser()
+        if not self.mask_dir.is_dir():
+            raise DataError(f"{self.mask_dir}: pseudo-mask folder not found")
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> Example:  # type: ignore[override]
+        ex = dict(self.source[index])
+        path = self.mask_dir / f"{ex['id']}.png"
+        raw = pp.load_gray(path, "pseudo mask")
+        h, w = ex["image"].shape[:2]
+        ex["mask"] = pp.binarize_mask(pp.resize_nearest(raw, (h, w)), str(path)).astype(np.int32)
+        return ex

@@ -1,0 +1,168 @@
+"""YOLO box folders (real frames, the shipped sample) and the image + clicks CSV reader."""
+
+import logging
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alcfcn_jax.data import SAMPLE_DIR, DataError, default_data_config, get_source
+from alcfcn_jax.data import boxes as boxes_lib
+
+FRAMES = pathlib.Path("/work/shared/data/deepfish_frames")
+
+
+def test_sample_shipped_small_and_covers_all_habitats():
+    size = sum(p.stat().st_size for p in SAMPLE_DIR.rglob("*") if p.is_file())
+    assert size < 3_000_000
+    assert (SAMPLE_DIR / "README.md").read_text().count("CC BY 4.0") >= 1
+    habs = {}
+    for split in ("train", "val"):
+        src = get_source(default_data_config("sample"), split)
+        assert len(src) == 80
+        habs[split] = {src[i]["habitat"] for i in range(0, len(src), 20)} | {
+            p.stem.split("_")[0] for p, _ in src.items
+        }
+    assert len(habs["train"]) == len(habs["val"]) == 20
+
+
+def test_letterbox_detected_on_real_frames():
+    files = sorted((SAMPLE_DIR / "train" / "images").iterdir())[::10]
+    for p in files:
+        arr = np.asarray(Image.open(p).convert("RGB"))
+        assert boxes_lib.detect_letterbox(arr) == (79, 281, 0, 360), p.name
+    # Synthetic check: bars of 10 rows, picture 20 rows, left/right untouched.
+    img = np.zeros((40, 30, 3), np.uint8)
+    img[10:30] = 120
+    assert boxes_lib.detect_letterbox(img) == (10, 30, 0, 30)
+    # A dark picture without bars is left alone.
+    assert boxes_lib.detect_letterbox(np.full((40, 30, 3), 5, np.uint8)) == (0, 40, 0, 30)
+
+
+def test_box_example_by_hand():
+    split = SAMPLE_DIR / "train"
+    stem = next(
+        p.stem
+        for p in sorted((split / "labels").iterdir())
+        if p.read_text().strip().count("\n") >= 1
+    )
+    lab = np.loadtxt(split / "labels" / f"{stem}.txt", ndmin=2)
+    cfg = default_data_config("sample")
+    src = get_source(cfg, "train")
+    ex = next(src[i] for i in range(len(src)) if src[i]["id"] == boxes_lib.frame_id(stem))
+    assert ex["image"].shape == (202, 360, 3)
+    assert ex["count"] == len(lab)
+    cx, cy = lab[:, 1] * 360, lab[:, 2] * 360 - 79
+    want = {(int(min(max(y, 0), 201)), int(x)) for x, y in zip(cx, cy)}
+    assert set(map(tuple, np.argwhere(ex["points"] == 1).tolist())) == want
+    np.testing.assert_allclose((ex["boxes"][:, 0] + ex["boxes"][:, 2]) / 2, cx, atol=1e-3)
+    assert ex["boxes"].dtype == np.float32 and (ex["mask"] == 255).all()
+    # Resized: short side 101 -> 101x180, points scaled by 0.5.
+    cfg.image_short_side = 101
+    ex2 = next(get_source(cfg, "train")[i] for i in range(len(src)) if src[i]["id"] == ex["id"])
+    assert ex2["image"].shape == (101, 180, 3)
+    want2 = {(int(min(max(y, 0), 201.99) * 0.5), int(x * 0.5)) for x, y in zip(cx, cy)}
+    assert set(map(tuple, np.argwhere(ex2["points"] == 1).tolist())) == want2
+    # Mask mode keeps the bars and marks them invalid.
+    cfg.image_short_side, cfg.letterbox = None, "mask"
+    ex3 = next(get_source(cfg, "train")[i] for i in range(len(src)) if src[i]["id"] == ex["id"])
+    assert ex3["image"].shape == (360, 360, 3)
+    assert ex3["pad"][79:281].all() and not ex3["pad"][:79].any() and not ex3["pad"][281:].any()
+
+
+@pytest.mark.skipif(not FRAMES.is_dir(), reason="real frames folder not present")
+def test_box_reader_on_all_real_frames_fixed_split():
+    cfg = default_data_config("boxes")
+    cfg.data_dir = str(FRAMES)
+    tr, va = get_source(cfg, "train"), get_source(cfg, "val")
+    assert len(tr) + len(va) == 4568
+    assert 0.15 < len(va) / 4568 < 0.25
+    assert not {p.stem for p, _ in tr.items} & {p.stem for p, _ in va.items}
+    assert sum(len(b) for _, b in tr.items) + sum(len(b) for _, b in va.items) == 11034
+    ex = va[0]
+    assert ex["image"].shape == (202, 360, 3) and ex["count"] == len(va.items[0][1])
+
+
+def _yolo_dir(tmp_path, lines):
+    d = tmp_path / "yolo"
+    for sub in ("images", "labels"):
+        (d / sub).mkdir(parents=True)
+    Image.fromarray(np.full((40, 60, 3), 100, np.uint8)).save(d / "images" / "a_f1.jpg")
+    Image.fromarray(np.full((40, 60, 3), 100, np.uint8)).save(d / "images" / "a_f2.jpg")
+    (d / "labels" / "a_f1.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (d / "labels" / "a_f2.txt").write_text(lines)
+    cfg = default_data_config("boxes")
+    cfg.data_dir = str(d)
+    return d, cfg
+
+
+def test_malformed_box_lines(tmp_path, caplog):
+    d, cfg = _yolo_dir(tmp_path, "0 0.5 0.5 0.2\n")
+    with pytest.raises(DataError, match=r"a_f2\.txt, line 1: expected 'class cx cy w h'"):
+        get_source(cfg, "all")
+    (d / "labels" / "a_f2.txt").write_text("0 0.5 1.5 0.2 0.2\n")
+    with pytest.raises(DataError, match=r"a_f2\.txt, line 1: box centre .* outside the image"):
+        get_source(cfg, "all")
+    (d / "labels" / "a_f2.txt").unlink()
+    with pytest.raises(DataError, match=r"a_f2\.txt: label file not found"):
+        get_source(cfg, "all")
+    cfg.skip_bad_examples = True
+    with caplog.at_level(logging.WARNING, logger="alcfcn_jax.data"):
+        src = get_source(cfg, "all")
+    assert len(src) == 1 and "a_f2.txt" in caplog.text and "skipped 1" in caplog.text
+    with pytest.raises(DataError, match="box folder not found"):
+        cfg.data_dir = str(tmp_path / "nope")
+        get_source(cfg, "all")
+
+
+def _clicks_dir(tmp_path, csv_text):
+    d = tmp_path / "clicks"
+    (d / "images").mkdir(parents=True)
+    Image.fromarray(np.full((50, 100, 3), 90, np.uint8)).save(d / "images" / "r_1.png")
+    Image.fromarray(np.full((50, 100, 3), 90, np.uint8)).save(d / "images" / "r_2.png")
+    (d / "points.csv").write_text(csv_text)
+    cfg = default_data_config("points")
+    cfg.data_dir = str(d)
+    return d, cfg
+
+
+def test_clicks_csv_reader(tmp_path):
+    d, cfg = _clicks_dir(tmp_path, "image,x,y\nr_1.png,10,20\nr_1.png,99.5,49.9\nr_2.png,,\n")
+    src = get_source(cfg, "all")
+    ex = {src[i]["id"]: src[i] for i in range(2)}
+    assert ex["r_1"]["count"] == 2 and ex["r_2"]["count"] == 0
+    assert set(map(tuple, np.argwhere(ex["r_1"]["points"] == 1).tolist())) == {(20, 10), (49, 99)}
+    assert ex["r_1"]["habitat"] == "r"
+    cfg.image_short_side = 25  # 50x100 -> 25x50, clicks halved
+    ex = get_source(cfg, "all")[0]
+    assert ex["image"].shape == (25, 50, 3)
+    assert set(map(tuple, np.argwhere(ex["points"] == 1).tolist())) == {(10, 5), (24, 49)}
+    n_tr, n_va = len(get_source(cfg, "train")), len(get_source(cfg, "val"))
+    assert n_tr + n_va == 2
+
+
+def test_clicks_bad_input(tmp_path):
+    d, cfg = _clicks_dir(tmp_path, "image,x,y\nr_1.png,100,20\nr_2.png,,\n")
+    with pytest.raises(DataError, match=r"click \(100.0, 20.0\) for r_1\.png is outside the image"):
+        get_source(cfg, "all")[0]
+    (d / "points.csv").write_text("name,x,y\nr_1.png,1,2\n")
+    with pytest.raises(DataError, match=r"points\.csv: missing column\(s\) \['image'\]"):
+        get_source(cfg, "all")
+    (d / "points.csv").write_text("image,x,y\nr_1.png,1,2\n")
+    with pytest.raises(DataError, match=r"image r_2\.png has no row; add 'r_2\.png,,'"):
+        get_source(cfg, "all")
+    (d / "points.csv").write_text("image,x,y\nr_1.png,1,\nr_2.png,,\n")
+    with pytest.raises(DataError, match=r"line 2: x and y must both be numbers"):
+        get_source(cfg, "all")
+    (d / "points.csv").write_text("image,x,y\nr_1.png,1,2\nr_2.png,,\nr_3.png,,\n")
+    with pytest.raises(DataError, match=r"rows name images not in .*r_3\.png"):
+        get_source(cfg, "all")
+    (d / "points.csv").unlink()
+    with pytest.raises(DataError, match=r"points\.csv: clicks CSV not found"):
+        get_source(cfg, "all")
+    shutil.rmtree(d / "images")
+    (d / "points.csv").write_text("image,x,y\n")
+    with pytest.raises(DataError, match=r"images: folder not found"):
+        get_source(cfg, "all")
