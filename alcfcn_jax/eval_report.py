@@ -1,0 +1,341 @@
+"""Evaluation run of a trained checkpoint: metrics.json, report.md, per-image CSV, overlay PNGs.
+
+``run_evaluation`` is what ``evaluate.py`` calls: it restores the chosen checkpoint, evaluates the
+split on every device of every process (``alcfcn_jax.evaluation.evaluate``), and process 0 writes
+``<workdir>/eval/<split>/``:
+
+  * ``metrics.json``  every figure, the checkpoint step, the split and the model summary;
+  * ``report.md``     a table of our figures, beside the paper's Table 1 mIoU for DeepFish;
+  * ``per_image.csv`` id, habitat, true / predicted count, IoU (for error analysis);
+  * ``overlays/<id>.png`` for the first ``num_overlays`` images (see ``viz.eval_panel``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import pathlib
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+# The A-LCFCN paper's Table 1 (DeepFish FishSeg test mIoU).
+PAPER_TABLE1 = {
+    "FS-FCN": 0.827,
+    "PL-FCN": 0.573,
+    "LCFCN": 0.774,
+    "A-LCFCN": 0.860,
+    "A-LCFCN + PM": 0.879,
+}
+PER_IMAGE_COLUMNS = (
+    "id",
+    "habitat",
+    "true_count",
+    "pred_count",
+    "abs_error",
+    "miou",
+    "iou_fish",
+    "game_l3",
+)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> pathlib.Path:
+    """Writes text through a temporary file in the same folder and ``os.replace``."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _json_safe(obj: Any) -> Any:
+    """Plain-JSON copy: numpy scalars to Python, NaN/inf to None (strict JSON has no NaN)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> pathlib.Path:
+    """Writes ``obj`` as indented strict JSON (NaN -> null), atomically."""
+    return write_text_atomic(path, json.dumps(_json_safe(obj), indent=2, sort_keys=True) + "\n")
+
+
+def per_image_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The per-image CSV text (columns ``PER_IMAGE_COLUMNS`` plus any box columns)."""
+    cols = list(PER_IMAGE_COLUMNS)
+    for extra in ("num_boxes", "box_hits"):
+        if rows and extra in rows[0]:
+            cols.append(extra)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: _fmt_csv(r.get(k)) for k in cols})
+    return buf.getvalue()
+
+
+def _fmt_csv(v: Any) -> Any:
+    if isinstance(v, float):
+        return "" if not math.isfinite(v) else f"{v:.6g}"
+    return v
+
+
+def method_name(config: Any) -> str:
+    """The paper's name for the method a config trains (for the report table)."""
+    model = config.model
+    loss = str(config.loss.name) if "loss" in config else ""
+    pm = bool(str(getattr(config.data, "pseudo_mask_dir", "") or ""))
+    # Stage 2 names stage 1's workdir (alcfcn_jax.pseudo_source reads its pseudo masks).
+    if "stage1" in config and str(getattr(config.stage1, "workdir", "") or ""):
+        pm = True
+    if pm:
+        return "A-LCFCN + PM"
+    if loss == "point_level":
+        return "PL-FCN"
+    if loss in ("cross_entropy", "joint"):
+        return "FS-FCN"
+    if loss == "lcfcn":
+        return "A-LCFCN" if bool(getattr(model, "with_affinity", False)) else "LCFCN"
+    return str(getattr(model, "name", "model"))
+
+
+def model_summary(config: Any) -> dict[str, Any]:
+    """The model fields that identify what a checkpoint is (for manifests and reports)."""
+    keys = ("name", "backbone", "n_classes", "with_affinity", "trunk_mode", "beta", "logt")
+    keys += ("radius", "rw_method", "dtype")
+    m = config.model
+    return {k: _json_safe(getattr(m, k)) for k in keys if hasattr(m, k)}
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def render_report(result: Mapping[str, Any], *, meta: Mapping[str, Any]) -> str:
+    """Markdown report of one evaluation.
+
+    Args:
+      result: the dict returned by ``evaluation.evaluate``.
+      meta: ``method``, ``dataset``, ``split``, ``checkpoint`` (which), ``step``, ``workdir``.
+    """
+    method = meta.get("method", "model")
+    lines = [
+        f"# Evaluation: {method} on {meta.get('dataset')} / {meta.get('split')}",
+        "",
+        f"Checkpoint: `{meta.get('checkpoint')}` (step {meta.get('step')}) in "
+        f"`{meta.get('workdir')}`; {int(result['num_images'])} images.",
+        "",
+        "mIoU = mean of background and fish IoU of the confusion matrix pooled over the split; "
+        "MAE over 8-connected predicted blobs; GAME(L) = sum of |count error| over a 2^L x 2^L "
+        "grid; `_ref` = A-LCFCN's convention (remainder rows/columns dropped, divided by L+1); "
+        "`game` = `game_l3_ref`, the figure A-LCFCN reports.",
+        "",
+        "| figure | ours |",
+        "|---|---|",
+    ]
+    keys = ["miou", "iou_bg", "iou_fish", "mae", "rmse", "game"]
+    keys += [f"game_l{k}" for k in range(4)] + [f"game_l{k}_ref" for k in range(4)]
+    if "box_hit_rate" in result:
+        keys += ["num_boxes", "box_hit_rate", "box_precision"]
+    for k in keys:
+        if k in result:
+            lines.append(f"| {k} | {_fmt(result[k])} |")
+    if meta.get("dataset") == "deepfish":
+        lines += [
+            "",
+            "## Paper Table 1 (DeepFish FishSeg test mIoU) beside ours",
+            "",
+            "| method | paper mIoU | ours |",
+            "|---|---|---|",
+        ]
+        for name, paper in PAPER_TABLE1.items():
+            ours = _fmt(result.get("miou")) if name == method else ""
+            lines.append(f"| {name} | {paper:.3f} | {ours} |")
+    else:
+        lines += [
+            "",
+            f"(Dataset {meta.get('dataset')!r} is not DeepFish: the paper's Table 1 "
+            "(A-LCFCN mIoU 0.860) does not apply.)",
+        ]
+    habitats = result.get("per_habitat", {})
+    if habitats:
+        lines += [
+            "",
+            "## Per habitat",
+            "",
+            "| habitat | images | mIoU | fish IoU | MAE | GAME |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, r in habitats.items():
+            lines.append(
+                f"| {name} | {int(r['num_images'])} | {_fmt(r.get('miou'))} | "
+                f"{_fmt(r.get('iou_fish'))} | {_fmt(r.get('mae'))} | {_fmt(r.get('game'))} |"
+            )
+    cf = result.get("confusion")
+    if cf is not None:
+        lines += [
+            "",
+            "Confusion (pixels; rows = predicted, columns = true): "
+            f"bg/bg {cf[0][0]}, bg/fish {cf[0][1]}, fish/bg {cf[1][0]}, fish/fish {cf[1][1]}.",
+        ]
+    lines += ["", f"Speed: {_fmt(result.get('images_per_second'), 2)} images/s.", ""]
+    return "\n".join(lines)
+
+
+def resolve_split(data_cfg: Any, split: str) -> str:
+    """Maps ``train`` / ``val`` / ``test`` to the config's split names; others pass through."""
+    from alcfcn_jax.data.config import field
+
+    if split in ("train", "val", "test"):
+        return str(field(data_cfg, f"{split}_split"))
+    return split
+
+
+def write_overlays(
+    model: Any,
+    source: Sequence[Mapping[str, Any]],
+    out_dir: str | os.PathLike,
+    *,
+    num: int,
+) -> list[pathlib.Path]:
+    """Overlay PNGs of the first ``num`` examples of ``source`` (single device, batch 1)."""
+    import jax.numpy as jnp
+
+    from alcfcn_jax import evaluation, metrics, viz
+    from alcfcn_jax.data import preprocess as pp
+
+    fwd = evaluation.make_forward(model, return_aux=True)
+    written = []
+    for i in range(min(num, len(source))):
+        ex = source[i]
+        image = np.asarray(ex["image"], np.float32)
+        logits, aux = fwd(jnp.asarray(image[None]))
+        prob = np.asarray(evaluation.fish_probability(logits))[0]
+        pred = np.asarray(evaluation.prediction(logits))[0]
+        cam = aux.get("cam") if isinstance(aux, Mapping) else None
+        with_rw = cam is not None and "aff_feats" in aux
+        cam_prob = np.asarray(evaluation.fish_probability(cam))[0] if with_rw else None
+        pad = ex.get("pad")
+        if pad is not None:
+            pred = np.where(np.asarray(pad, bool), pred, 0)
+        pred_points = np.asarray(metrics.blobs_to_points(pred == 1))
+        mask = np.asarray(ex["mask"]) if "mask" in ex else None
+        has_mask = mask is not None and bool((mask != 255).any())
+        panel = viz.eval_panel(
+            pp.denormalize(image),
+            pred=pred,
+            pred_points=pred_points,
+            gt_mask=mask if has_mask else None,
+            gt_points=(np.asarray(ex["points"]) == 1) if "points" in ex else None,
+            boxes=ex.get("boxes"),
+            fish_prob=prob,
+            cam_prob=cam_prob,
+            title=str(ex.get("id", i)),
+        )
+        safe = str(ex.get("id", i)).replace("/", "__")
+        written.append(viz.save_png_atomic(panel, pathlib.Path(out_dir) / f"{safe}.png"))
+    return written
+
+
+def run_evaluation(
+    config: Any,
+    workdir: str | os.PathLike,
+    *,
+    split: str = "test",
+    which: str | int = "best",
+    num_overlays: int = 8,
+    mesh: jax.sharding.Mesh | None = None,
+) -> dict[str, Any]:
+    """Restores a checkpoint, evaluates a split, writes the outputs (process 0). Returns metrics.
+
+    Args:
+      config: the training config (``config.model`` must match the checkpoint).
+      workdir: the training workdir (checkpoints under ``workdir/checkpoints``).
+      split: ``train`` | ``val`` | ``test`` (mapped through ``config.data``) or a split name.
+      which: ``best``, ``latest`` or a step number.
+      num_overlays: overlay PNGs to write (0 = none).
+      mesh: the device mesh (default: every device).
+    """
+    from alcfcn_jax import checkpoint, evaluation
+    from alcfcn_jax import sharding as shd
+    from alcfcn_jax.data import get_source
+    from alcfcn_jax.data.pipeline import eval_batches_from_config
+
+    workdir = pathlib.Path(workdir)
+    model, step, ckpt_meta = checkpoint.restore_for_inference(config, str(workdir), which)
+    split_name = resolve_split(config.data, split)
+    source = get_source(config.data, split_name)
+    if len(source) == 0:
+        raise ValueError(f"split {split!r} ({split_name!r}) of {config.data.dataset!r} is empty")
+    boxes = "boxes" in source[0]
+    mesh = mesh or shd.make_mesh()
+    global_bs = int(config.train.eval_batch_size) or mesh.devices.size  # 0 = one per device
+    per_process = max(1, global_bs // jax.process_count())
+    batches = eval_batches_from_config(
+        config.data,
+        source,
+        batch_size=per_process,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    result = evaluation.evaluate(model, batches, mesh=mesh, per_image=True, boxes=boxes)
+    out_dir = workdir / "eval" / split
+    meta = {
+        "method": method_name(config),
+        "dataset": str(config.data.dataset),
+        "split": split,
+        "split_name": split_name,
+        "checkpoint": str(which),
+        "step": int(step),
+        "workdir": str(workdir),
+        "model": model_summary(config),
+        "checkpoint_meta": _json_safe(dict(ckpt_meta or {})),
+    }
+    if jax.process_index() == 0:
+        per_image = result.pop("per_image")
+        write_json_atomic(out_dir / "metrics.json", {**result, "meta": meta})
+        write_text_atomic(out_dir / "per_image.csv", per_image_csv(per_image))
+        write_text_atomic(out_dir / "report.md", render_report(result, meta=meta))
+        if num_overlays > 0:
+            write_overlays(model, source, out_dir / "overlays", num=num_overlays)
+        result["per_image"] = per_image
+        logging.info(
+            "%s step %d: mIoU %.4f fish IoU %.4f MAE %.3f GAME %.3f -> %s",
+            split,
+            step,
+            result["miou"],
+            result["iou_fish"],
+            result["mae"],
+            result["game"],
+            out_dir,
+        )
+    result["meta"] = meta
+    return result
