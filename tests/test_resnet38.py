@@ -1,0 +1,391 @@
+"""ResNet-38d trunk: structure, parameter count, frozen weights, and parity with a torch replica.
+
+The torch replica below is written from the reference spec (section 2.2-2.4: PSA/SEAM
+``resnet38d.py`` / ``resnet38_aff.py``), with every width scaled by ``w / 64`` so it runs in
+milliseconds; at ``w = 64`` it is the reference network (used on the meta device for names/shapes).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from alcfcn_jax.models.alcfcn import ALCFCN
+from alcfcn_jax.models.heads import AffinityHead
+from alcfcn_jax.models.layers import Frozen
+from alcfcn_jax.models.resnet38 import ResBlock, ResBlockBot, ResNet38d
+from alcfcn_jax.weights.common import WeightImportError, apply_mapping
+from alcfcn_jax.weights.resnet38 import (
+    export_resnet38,
+    load_resnet38,
+    resnet38_mapping,
+    torch_style_mapping,
+)
+
+REFERENCE_PARAM_COUNT = 106_492_224  # resnet38_aff.Net(2) incl. f8_*, f9, fc8 (spec 2.2)
+
+
+def _count(model, types) -> int:
+    return sum(
+        int(np.prod(v.shape))
+        for _, v in nnx.to_flat_state(nnx.state(model))
+        if isinstance(v, types)
+    )
+
+
+def test_full_size_param_count_and_shapes():
+    abstract = nnx.eval_shape(lambda: ALCFCN(ResNet38d(rngs=nnx.Rngs(0)), 2, rngs=nnx.Rngs(1)))
+    # torch parameters() = conv weights + BN weight/bias; running stats are buffers.
+    assert _count(abstract, (nnx.Param, Frozen)) == REFERENCE_PARAM_COUNT
+    graphdef, state = nnx.split(abstract)
+    x = jax.ShapeDtypeStruct((1, 256, 455, 3), jnp.float32)
+    cam, aff = jax.eval_shape(lambda s, im: nnx.merge(graphdef, s).features(im), state, x)
+    assert cam.shape == (1, 256, 455, 2)
+    assert aff.shape == (1, 32, 57, 448)
+    taps = jax.eval_shape(lambda s, im: nnx.merge(graphdef, s).trunk(im), state, x)
+    assert {k: v.shape for k, v in taps.items()} == {
+        "conv4": (1, 32, 57, 512),
+        "conv5": (1, 32, 57, 1024),
+        "conv6": (1, 32, 57, 4096),
+    }
+    assert abstract.trunk.tap_channels == (512, 1024, 4096)
+
+
+@pytest.mark.parametrize("hw", [(24, 40), (17, 30), (9, 9), (1, 1)])
+def test_stride8_any_size(hw):
+    trunk = nnx.eval_shape(lambda: ResNet38d(width=4, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(trunk)
+    x = jax.ShapeDtypeStruct((2, *hw, 3), jnp.float32)
+    taps = jax.eval_shape(lambda s, im: nnx.merge(graphdef, s)(im), state, x)
+    h8, w8 = -(-hw[0] // 8), -(-hw[1] // 8)
+    assert {k: v.shape for k, v in taps.items()} == {
+        "conv4": (2, h8, w8, 32),
+        "conv5": (2, h8, w8, 64),
+        "conv6": (2, h8, w8, 256),
+    }
+
+
+def _values(model, kind):
+    return {p: np.array(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, kind))}
+
+
+def test_frozen_structure_and_dropout_only_in_train():
+    trunk = ResNet38d(width=4, rngs=nnx.Rngs(params=0, dropout=1))
+    # conv1a and b2* (the reference's not_training) are Frozen throughout; every BatchNorm has a
+    # Frozen scale/shift and BatchStat statistics; all other convs are trainable Params.
+    # (The Adam step leaving Frozen weights bit-identical is tested on the whole model in
+    # test_alcfcn_model.py, with a faster trunk.)
+    for path, var in nnx.to_flat_state(nnx.state(trunk)):
+        name = ".".join(map(str, path))
+        if path[-1] in ("mean", "var"):
+            assert isinstance(var, nnx.BatchStat), name
+        elif path[0] in ("conv1a", "b2", "b2_1", "b2_2") or path[-1] in ("scale", "bias"):
+            assert type(var) is Frozen, name
+        elif path[-1] == "kernel":
+            assert type(var) is nnx.Param, name
+    assert _count(trunk, nnx.Param) > 0 and _count(trunk, Frozen) > 0
+    x = jax.random.normal(jax.random.key(0), (1, 8, 8, 3))
+    fwd = nnx.jit(lambda m, im, train: m(im, train=train)["conv6"], static_argnames="train")
+    np.testing.assert_array_equal(fwd(trunk, x, False), fwd(trunk, x, False))
+    # Dropout masks differ between calls (the module's dropout stream advances).
+    assert not np.allclose(fwd(trunk, x, True), fwd(trunk, x, True))
+
+
+def test_export_import_roundtrip(tmp_path):
+    src = ALCFCN(ResNet38d(width=4, rngs=nnx.Rngs(0)), 2, rngs=nnx.Rngs(1))
+    # Non-trivial BN so the statistics matter for the comparison.
+    rng = np.random.default_rng(0)
+    for _, v in nnx.to_flat_state(nnx.state(src, Frozen)):
+        v[...] = jnp.asarray(rng.uniform(0.5, 1.5, v.shape), jnp.float32)
+    arrays = export_resnet38(src)
+    assert "b6.conv_branch2b2.weight" in arrays and arrays["conv1a.weight"].shape == (4, 3, 3, 3)
+    dst = ALCFCN(ResNet38d(width=4, rngs=nnx.Rngs(5)), 2, rngs=nnx.Rngs(6))
+    assert load_resnet38(dst, arrays) == []
+    x = jax.random.normal(jax.random.key(1), (1, 16, 24, 3))
+    features = nnx.jit(lambda m, im: m.features(im))
+    ref = features(src, x)
+    for a, b in zip(ref, features(dst, x)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Through an .npz file as well.
+    from alcfcn_jax.weights.common import save_npz
+
+    save_npz(tmp_path / "w.npz", arrays)
+    dst2 = ALCFCN(ResNet38d(width=4, rngs=nnx.Rngs(7)), 2, rngs=nnx.Rngs(8))
+    load_resnet38(dst2, tmp_path / "w.npz")
+    np.testing.assert_array_equal(np.asarray(ref[1]), np.asarray(features(dst2, x)[1]))
+
+
+# ----------------------------------------------------------------------------- torch replica
+
+
+def _torch_replica(w: int, n_classes: int = 2):
+    """ResNet-38d + resnet38_aff heads in PyTorch, from the spec, all widths scaled by w/64."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    F = torch.nn.functional
+
+    class TResBlock(nn.Module):
+        def __init__(self, in_ch, mid, out, stride=1, first_dilation=None, dilation=1):
+            super().__init__()
+            first_dilation = dilation if first_dilation is None else first_dilation
+            self.same_shape = in_ch == out and stride == 1
+            self.bn_branch2a = nn.BatchNorm2d(in_ch)
+            self.conv_branch2a = nn.Conv2d(
+                in_ch, mid, 3, stride, padding=first_dilation, dilation=first_dilation, bias=False
+            )
+            self.bn_branch2b1 = nn.BatchNorm2d(mid)
+            self.conv_branch2b1 = nn.Conv2d(
+                mid, out, 3, padding=dilation, dilation=dilation, bias=False
+            )
+            if not self.same_shape:
+                self.conv_branch1 = nn.Conv2d(in_ch, out, 1, stride, bias=False)
+
+        def forward(self, x):
+            a = F.relu(self.bn_branch2a(x))
+            b1 = x if self.same_shape else self.conv_branch1(a)
+            b2 = self.conv_branch2b1(F.relu(self.bn_branch2b1(self.conv_branch2a(a))))
+            return b1 + b2, a
+
+    class TResBlockBot(nn.Module):
+        def __init__(self, in_ch, out, stride=1, dilation=1, dropout=0.0):
+            super().__init__()
+            self.same_shape = in_ch == out and stride == 1
+            self.bn_branch2a = nn.BatchNorm2d(in_ch)
+            self.conv_branch1 = nn.Conv2d(in_ch, out, 1, stride, bias=False)
+            self.conv_branch2a = nn.Conv2d(in_ch, out // 4, 1, stride, bias=False)
+            self.bn_branch2b1 = nn.BatchNorm2d(out // 4)
+            self.dropout_2b1 = nn.Dropout2d(dropout)
+            self.conv_branch2b1 = nn.Conv2d(
+                out // 4, out // 2, 3, padding=dilation, dilation=dilation, bias=False
+            )
+            self.bn_branch2b2 = nn.BatchNorm2d(out // 2)
+            self.dropout_2b2 = nn.Dropout2d(dropout)
+            self.conv_branch2b2 = nn.Conv2d(out // 2, out, 1, bias=False)
+
+        def forward(self, x):
+            a = F.relu(self.bn_branch2a(x))
+            b1 = self.conv_branch1(a)
+            y = self.dropout_2b1(F.relu(self.bn_branch2b1(self.conv_branch2a(a))))
+            y = self.dropout_2b2(F.relu(self.bn_branch2b2(self.conv_branch2b1(y))))
+            return b1 + self.conv_branch2b2(y), a
+
+    class TNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            s = w // 64 if w >= 64 else None
+            c = (lambda n: n * w // 64) if s is None else (lambda n: n * s)
+            self.conv1a = nn.Conv2d(3, c(64), 3, padding=1, bias=False)
+            self.b2 = TResBlock(c(64), c(128), c(128), stride=2)
+            self.b2_1 = TResBlock(c(128), c(128), c(128))
+            self.b2_2 = TResBlock(c(128), c(128), c(128))
+            self.b3 = TResBlock(c(128), c(256), c(256), stride=2)
+            self.b3_1 = TResBlock(c(256), c(256), c(256))
+            self.b3_2 = TResBlock(c(256), c(256), c(256))
+            self.b4 = TResBlock(c(256), c(512), c(512), stride=2)
+            for i in range(1, 6):
+                setattr(self, f"b4_{i}", TResBlock(c(512), c(512), c(512)))
+            self.b5 = TResBlock(c(512), c(512), c(1024), first_dilation=1, dilation=2)
+            self.b5_1 = TResBlock(c(1024), c(512), c(1024), dilation=2)
+            self.b5_2 = TResBlock(c(1024), c(512), c(1024), dilation=2)
+            self.b6 = TResBlockBot(c(1024), c(2048), dilation=4, dropout=0.3)
+            self.b7 = TResBlockBot(c(2048), c(4096), dilation=4, dropout=0.5)
+            self.bn7 = nn.BatchNorm2d(c(4096))
+            self.f8_3 = nn.Conv2d(c(512), 64, 1, bias=False)
+            self.f8_4 = nn.Conv2d(c(1024), 128, 1, bias=False)
+            self.f8_5 = nn.Conv2d(c(4096), 256, 1, bias=False)
+            self.f9 = nn.Conv2d(448, 448, 1, bias=False)
+            self.dropout7 = nn.Dropout2d(0.5)
+            self.fc8 = nn.Conv2d(c(4096), n_classes, 1, bias=False)
+
+        def forward(self, x):
+            x = self.conv1a(x)
+            for name in ["b2", "b2_1", "b2_2", "b3", "b3_1", "b3_2", "b4"]:
+                x, _ = getattr(self, name)(x)
+            for i in range(1, 6):
+                x, _ = getattr(self, f"b4_{i}")(x)
+            x, conv4 = self.b5(x)
+            x, _ = self.b5_1(x)
+            x, _ = self.b5_2(x)
+            x, conv5 = self.b6(x)
+            x, _ = self.b7(x)
+            conv6 = F.relu(self.bn7(x))
+            cam8 = self.fc8(self.dropout7(conv6))
+            f = torch.cat(
+                [F.elu(self.f8_3(conv4)), F.elu(self.f8_4(conv5)), F.elu(self.f8_5(conv6))], 1
+            )
+            return conv4, conv5, conv6, cam8, F.elu(self.f9(f))
+
+    return torch, TNet, TResBlock, TResBlockBot
+
+
+def _randomise_bn(torch, module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    module.eval()
+
+
+def _state_np(module):
+    return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+
+
+def _nchw(x):
+    return np.asarray(x).transpose(0, 3, 1, 2)
+
+
+def _assert_close(jax_out, torch_out, tol=1e-5):
+    ref = torch_out.detach().numpy()
+    got = _nchw(jax_out)
+    scale = max(1.0, float(np.abs(ref).max()))
+    err = float(np.abs(got - ref).max()) / scale
+    assert err < tol, f"relative max error {err:.2e}"
+    return err
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(in_ch=8, mid_ch=16, out_ch=16, stride=2),
+        dict(in_ch=16, mid_ch=16, out_ch=16),
+        dict(in_ch=16, mid_ch=16, out_ch=32, first_dilation=1, dilation=2),
+    ],
+)
+def test_resblock_matches_torch(kwargs):
+    torch, _, TResBlock, _ = _torch_replica(64)
+    torch.manual_seed(0)
+    tkw = dict(kwargs)
+    tblock = TResBlock(tkw.pop("in_ch"), tkw.pop("mid_ch"), tkw.pop("out_ch"), **tkw)
+    _randomise_bn(torch, tblock)
+    block = ResBlock(**kwargs, rngs=nnx.Rngs(0))
+    apply_mapping(block, _state_np(tblock), torch_style_mapping(block),
+                  ignore=lambda k: k.endswith("num_batches_tracked"))  # fmt: skip
+    x = np.random.default_rng(0).normal(size=(2, 13, 18, kwargs["in_ch"])).astype(np.float32)
+    with torch.no_grad():
+        ty, ta = tblock(torch.from_numpy(_nchw(x)))
+    y, a = block(jnp.asarray(x))
+    _assert_close(y, ty)
+    _assert_close(a, ta)
+
+
+def test_resblock_bot_matches_torch_in_eval():
+    torch, _, _, TResBlockBot = _torch_replica(64)
+    torch.manual_seed(1)
+    tblock = TResBlockBot(16, 32, dilation=4, dropout=0.3)
+    _randomise_bn(torch, tblock, seed=1)
+    block = ResBlockBot(16, 32, dilation=4, dropout=0.3, rngs=nnx.Rngs(0))
+    apply_mapping(block, _state_np(tblock), torch_style_mapping(block),
+                  ignore=lambda k: k.endswith("num_batches_tracked"))  # fmt: skip
+    x = np.random.default_rng(1).normal(size=(1, 11, 14, 16)).astype(np.float32)
+    with torch.no_grad():
+        ty, ta = tblock(torch.from_numpy(_nchw(x)))
+    y, a = block(jnp.asarray(x), train=False)
+    _assert_close(y, ty)
+    _assert_close(a, ta)
+
+
+def test_affinity_head_matches_torch():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(2)
+    convs = {
+        "f8_3": torch.nn.Conv2d(32, 64, 1, bias=False),
+        "f8_4": torch.nn.Conv2d(64, 128, 1, bias=False),
+        "f8_5": torch.nn.Conv2d(96, 256, 1, bias=False),
+        "f9": torch.nn.Conv2d(448, 448, 1, bias=False),
+    }
+    head = AffinityHead((32, 64, 96), rngs=nnx.Rngs(0))
+    arrays = {f"{k}.weight": m.weight.detach().numpy() for k, m in convs.items()}
+    apply_mapping(head, arrays, torch_style_mapping(head))
+    rng = np.random.default_rng(2)
+    taps = {k: rng.normal(size=(1, 5, 7, c)).astype(np.float32)
+            for k, c in (("conv4", 32), ("conv5", 64), ("conv6", 96))}  # fmt: skip
+    elu = torch.nn.functional.elu
+    with torch.no_grad():
+        t = {k: torch.from_numpy(_nchw(v)) for k, v in taps.items()}
+        ref = elu(convs["f9"](torch.cat([elu(convs["f8_3"](t["conv4"])),
+                                         elu(convs["f8_4"](t["conv5"])),
+                                         elu(convs["f8_5"](t["conv6"]))], 1)))  # fmt: skip
+    out = head({k: jnp.asarray(v) for k, v in taps.items()})
+    assert out.shape == (1, 5, 7, 448)
+    _assert_close(out, ref)
+
+
+def test_full_reference_names_and_shapes_match_mapping():
+    torch, TNet, _, _ = _torch_replica(64)
+    with torch.device("meta"):
+        tnet = TNet()
+    ref = {k: tuple(v.shape) for k, v in tnet.state_dict().items()}
+    abstract = nnx.eval_shape(lambda: ALCFCN(ResNet38d(rngs=nnx.Rngs(0)), 2, rngs=nnx.Rngs(1)))
+    mapping = resnet38_mapping(abstract)
+    expected = {k for k in ref if not k.endswith("num_batches_tracked")}
+    assert set(mapping) == expected
+    flat = {tuple(p): v for p, v in nnx.to_flat_state(nnx.state(abstract))}
+    for name, (target, transform) in mapping.items():
+        dummy = np.empty(ref[name], np.float32)
+        assert transform.to_model(dummy).shape == tuple(flat[tuple(target)].shape), name
+
+
+def test_reduced_network_matches_torch_end_to_end(tmp_path):
+    torch, TNet, _, _ = _torch_replica(8)
+    torch.manual_seed(3)
+    tnet = TNet()
+    _randomise_bn(torch, tnet, seed=3)
+    path = tmp_path / "resnet38_aff.pth"
+    sd = tnet.state_dict()
+    del sd["fc8.weight"]  # as in SEAM's checkpoint: fc8 is initialised fresh
+    torch.save(sd, path)
+
+    model = ALCFCN(ResNet38d(width=8, rngs=nnx.Rngs(0)), 2, rngs=nnx.Rngs(1))
+    assert load_resnet38(model, path) == ["fc8.weight"]
+    # fc8 is fresh: copy it over explicitly to compare the activation branch too.
+    model.cam_head.fc8.kernel[...] = jnp.asarray(
+        tnet.fc8.weight.detach().numpy().transpose(2, 3, 1, 0)
+    )
+    x = np.random.default_rng(3).normal(size=(1, 24, 40, 3)).astype(np.float32)
+    with torch.no_grad():
+        t4, t5, t6, tcam8, taff = tnet(torch.from_numpy(_nchw(x)))
+    taps = model.trunk(jnp.asarray(x))
+    errs = [
+        _assert_close(taps["conv4"], t4),
+        _assert_close(taps["conv5"], t5),
+        _assert_close(taps["conv6"], t6),
+        _assert_close(model.cam_head(taps["conv6"]), tcam8),
+        _assert_close(model.aff_head(taps), taff),
+    ]
+    print("max relative errors conv4/conv5/conv6/cam8/aff:", [f"{e:.1e}" for e in errs])
+
+
+def test_importer_lists_missing_unexpected_misshaped(tmp_path):
+    torch, TNet, _, _ = _torch_replica(8)
+    sd = TNet().state_dict()
+    del sd["b4_3.bn_branch2b1.running_var"]
+    sd["b9.conv_branch2a.weight"] = torch.zeros(1)
+    sd["f9.weight"] = torch.zeros(448, 448, 3, 3)
+    path = tmp_path / "bad.pth"
+    torch.save({"state_dict": sd}, path)
+    model = ALCFCN(ResNet38d(width=8, rngs=nnx.Rngs(0)), 2, rngs=nnx.Rngs(1))
+    before = np.array(model.trunk.b3.conv_branch2a.kernel[...])
+    with pytest.raises(WeightImportError) as err:
+        load_resnet38(model, path)
+    msg = str(err.value)
+    assert "bad.pth" in msg
+    assert "missing from the checkpoint (1): ['b4_3.bn_branch2b1.running_var']" in msg
+    assert "unexpected in the checkpoint (1): ['b9.conv_branch2a.weight']" in msg
+    assert "f9.weight: checkpoint (448, 448, 3, 3)" in msg
+    np.testing.assert_array_equal(np.array(model.trunk.b3.conv_branch2a.kernel[...]), before)
+
+
+def test_lcfcn_baseline_ignores_affinity_keys():
+    torch, TNet, _, _ = _torch_replica(8)
+    arrays = _state_np(TNet())
+    model = ALCFCN(ResNet38d(width=8, rngs=nnx.Rngs(0)), 2, with_affinity=False, rngs=nnx.Rngs(1))
+    assert load_resnet38(model, arrays) == []  # fc8 present here, f8_*/f9 ignored by name
+    np.testing.assert_array_equal(
+        np.asarray(model.cam_head.fc8.kernel[...]), arrays["fc8.weight"].transpose(2, 3, 1, 0)
+    )
