@@ -1,0 +1,80 @@
+"""Small shared helpers for the benchmark scripts: timing, compiled memory, host load, JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+__all__ = ["compiled_memory", "host_info", "print_json", "time_jitted"]
+
+
+def time_jitted(fn: Callable, *args: Any, repeats: int = 3) -> dict[str, float]:
+    """Compiles ``fn`` with jit and times it.
+
+    Args:
+        fn: function of ``args`` (wrapped in ``jax.jit`` here).
+        *args: example arguments.
+        repeats: timed runs after the first (compiling) call.
+
+    Returns:
+        dict with ``compile_s`` (first call, includes compilation), ``min_s`` and ``median_s``.
+    """
+    jitted = jax.jit(fn)
+    t0 = time.perf_counter()
+    jax.block_until_ready(jitted(*args))
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(jitted(*args))
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return {
+        "compile_s": round(first, 3),
+        "min_s": round(times[0], 4),
+        "median_s": round(times[len(times) // 2], 4),
+    }
+
+
+def compiled_memory(fn: Callable, *args: Any) -> dict[str, int] | None:
+    """XLA's static memory estimate of ``jax.jit(fn)`` (arguments, outputs, temporaries).
+
+    Returns:
+        dict of byte counts with ``peak_bytes`` = arguments + outputs + temporaries, or None when
+        the backend does not report it.
+    """
+    try:
+        mem = jax.jit(fn).lower(*args).compile().memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements memory_analysis
+        return None
+    if mem is None:
+        return None
+    out = {
+        "argument_bytes": int(mem.argument_size_in_bytes),
+        "output_bytes": int(mem.output_size_in_bytes),
+        "temp_bytes": int(mem.temp_size_in_bytes),
+    }
+    out["peak_bytes"] = sum(out.values())
+    return out
+
+
+def host_info() -> dict[str, Any]:
+    """Device, CPU count and 1/5/15-minute load averages (timings are only comparable when quiet)."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0]),
+        "cpu_count": os.cpu_count(),
+        "loadavg": [round(x, 2) for x in load],
+        "jax": jax.__version__,
+    }
+
+
+def print_json(result: dict) -> None:
+    """Prints a benchmark result as indented JSON."""
+    print(json.dumps(result, indent=2, sort_keys=False))
