@@ -1,0 +1,165 @@
+"""Checks and serialisation of experiment configs (``ml_collections.ConfigDict``).
+
+``validate_config`` runs before anything expensive: every value a user can get wrong (an unknown
+model or loss name, a negative step count, a batch that does not split over the devices) fails
+here with the key named. Unknown keys and wrong types on the command line are already rejected by
+``config_flags`` (the config is locked); this catches bad values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+MODEL_NAMES = ("alcfcn", "fcn8_vgg16")
+BACKBONES = ("resnet38", "efficientnet_lite0", "tiny", "vgg16")
+LOSSES = ("lcfcn", "point_level", "cross_entropy", "joint")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+TRUNK_MODES = ("two_pass", "single_pass")
+RW_METHODS = ("dense", "sparse", "auto")
+DTYPES = ("float32", "bfloat16")
+SELECT_METRICS = ("miou", "iou_fish", "mae", "rmse", "game")
+REQUIRED_SECTIONS = ("model", "loss", "data", "optim", "train")
+
+
+class ConfigError(ValueError):
+    """A config value is missing or invalid; the message names the key."""
+
+
+def _require(cfg: Any, path: str) -> Any:
+    """``cfg.<path>`` or a ConfigError naming the missing key."""
+    node = cfg
+    for part in path.split("."):
+        if not hasattr(node, part) and not (isinstance(node, Mapping) and part in node):
+            raise ConfigError(f"config key {path!r} is missing")
+        node = node[part] if isinstance(node, Mapping) else getattr(node, part)
+    return node
+
+
+def _choice(cfg: Any, path: str, allowed: tuple[str, ...]) -> str:
+    value = _require(cfg, path)
+    if value not in allowed:
+        raise ConfigError(f"config.{path}={value!r} is not one of {allowed}")
+    return value
+
+
+def _int(cfg: Any, path: str, *, minimum: int) -> int:
+    value = _require(cfg, path)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"config.{path}={value!r} must be an integer >= {minimum}")
+    return value
+
+
+def _number(cfg: Any, path: str, *, minimum: float, strict: bool = False) -> float:
+    value = _require(cfg, path)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"config.{path}={value!r} must be a number")
+    if value < minimum or (strict and value == minimum):
+        op = ">" if strict else ">="
+        raise ConfigError(f"config.{path}={value!r} must be {op} {minimum}")
+    return float(value)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises :class:`ConfigError` naming the first invalid key of a training config.
+
+    Args:
+      config: the full experiment config (docs/contracts.md "Configs").
+    """
+    for section in REQUIRED_SECTIONS:
+        _require(config, section)
+    _int(config, "seed", minimum=0)
+    name = _choice(config, "model.name", MODEL_NAMES)
+    if name == "alcfcn":
+        _choice(config, "model.backbone", BACKBONES)
+    _int(config, "model.n_classes", minimum=1)
+    _choice(config, "model.trunk_mode", TRUNK_MODES)
+    _choice(config, "model.rw_method", RW_METHODS)
+    _choice(config, "model.dtype", DTYPES)
+    _number(config, "model.beta", minimum=0.0, strict=True)
+    _int(config, "model.logt", minimum=0)
+    _int(config, "model.radius", minimum=1)
+    loss = _choice(config, "loss.name", LOSSES)
+    n_classes = config.model.n_classes
+    if loss in ("lcfcn", "point_level", "cross_entropy") and n_classes < 2:
+        raise ConfigError(
+            f"config.loss.name={loss!r} needs config.model.n_classes >= 2 (got {n_classes})"
+        )
+    if loss == "joint" and n_classes > 2:
+        raise ConfigError(
+            f"config.loss.name='joint' needs config.model.n_classes of 1 or 2 (got {n_classes})"
+        )
+    if name == "fcn8_vgg16" and config.model.with_affinity:
+        raise ConfigError("config.model.with_affinity=True is only supported for model 'alcfcn'")
+    _choice(config, "optim.name", OPTIMIZERS)
+    _number(config, "optim.lr", minimum=0.0, strict=True)
+    _number(config, "optim.weight_decay", minimum=0.0)
+    _number(config, "optim.trunk_lr_mult", minimum=0.0)
+    _number(config, "optim.clip_grad_norm", minimum=0.0)
+    for key in ("b1", "b2"):
+        value = _number(config, f"optim.{key}", minimum=0.0)
+        if value >= 1.0:
+            raise ConfigError(f"config.optim.{key}={value!r} must be in [0, 1)")
+    _number(config, "optim.eps", minimum=0.0)
+    _int(config, "train.num_steps", minimum=1)
+    _int(config, "train.batch_size", minimum=0)
+    _int(config, "train.eval_batch_size", minimum=0)
+    for key in ("log_every", "eval_every", "checkpoint_every"):
+        _int(config, f"train.{key}", minimum=1)
+    _int(config, "train.keep_checkpoints", minimum=1)
+    _choice(config, "train.tensorboard", ("auto", "on", "off"))
+    _choice(config, "train.select_metric", SELECT_METRICS)
+    if "budget" in config:
+        _int(config, "budget.n_background", minimum=0)
+        _int(config, "budget.n_fish", minimum=0)
+        _int(config, "budget.seed", minimum=0)
+
+
+def resolve_batch_size(value: int, num_devices: int, key: str) -> int:
+    """A global batch size: ``value``, or one image per device when ``value`` is 0.
+
+    Raises:
+      ConfigError: the batch does not split evenly over the devices.
+    """
+    batch = num_devices if value == 0 else value
+    if batch % num_devices:
+        raise ConfigError(
+            f"config.{key}={value} does not split over {num_devices} devices; use a multiple of "
+            f"{num_devices} (or 0 for one image per device)"
+        )
+    return batch
+
+
+def to_plain(value: Any) -> Any:
+    """ConfigDict / FieldReference / tuples -> plain JSON-able Python (dicts, lists, scalars)."""
+    if isinstance(value, ml_collections.FieldReference):
+        value = value.get()
+    if isinstance(value, (ml_collections.ConfigDict, Mapping)):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    return repr(value)
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+    """The resolved config as indented, key-sorted JSON."""
+    return json.dumps(to_plain(config), indent=2, sort_keys=True)
+
+
+def diff_configs(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain (JSON) configs, sorted."""
+    keys = sorted(set(old) | set(new))
+    out: list[str] = []
+    for k in keys:
+        path = f"{prefix}{k}"
+        a, b = old.get(k, "<missing>"), new.get(k, "<missing>")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out.extend(diff_configs(a, b, prefix=path + "."))
+        elif a != b:
+            out.append(path)
+    return out

@@ -1,0 +1,43 @@
+"""Stage 2: FS-FCN trained on A-LCFCN's pseudo masks ("A-LCFCN + PM", reference run fcc1acac).
+
+Stage 1 (``configs/deepfish.py``) trains A-LCFCN on FishLoc clicks; ``evaluate.py
+--mode=pseudo_masks`` then writes ``<stage-1 workdir>/pseudo_masks/<id>.png`` (0/255) and a
+``manifest.json`` naming the checkpoint step. This config trains the shared ResNet-38d trunk with
+its activation branch only (no random walk) by cross-entropy on those masks, lr 1e-5, validating on
+FishSeg val masks::
+
+    python train.py --config=configs/deepfish_pm.py --workdir=runs/pm \
+        --config.stage1.workdir=runs/alcfcn --config.data.data_dir=/data/DeepFish
+
+Training refuses masks written from another stage-1 checkpoint than its current best
+(``stage1.allow_stale=True`` overrides that), and any training image without a mask.
+``data.pseudo_mask_dir`` may point at a mask folder directly instead.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import deepfish
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """FS-FCN on pseudo masks; ``arg`` "smoke" gives a tiny synthetic variant for tests."""
+    if arg not in (None, "", "smoke"):
+        raise ValueError(f"configs/deepfish_pm.py: unknown preset {arg!r}; expected 'smoke'")
+    config = deepfish.get_config("smoke" if arg == "smoke" else "alcfcn")
+    config.model.with_affinity = False  # PM: ResNet-38 fc8 logits, no random walk
+    config.loss.name = "cross_entropy"
+    config.optim.lr = 1e-3 if arg == "smoke" else 1e-5
+    config.data.config_name = "fish_loc"  # the FishLoc training images the masks were written for
+    config.stage1 = ml_collections.ConfigDict(
+        {
+            # The stage-1 (A-LCFCN) workdir: masks are read from <workdir>/pseudo_masks.
+            "workdir": "runs/alcfcn",
+            # Which stage-1 checkpoint the masks must come from ("best", "latest" or a step).
+            "which": "best",
+            # Accept masks written from another checkpoint (not recommended).
+            "allow_stale": False,
+        }
+    )
+    return config

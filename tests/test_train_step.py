@@ -1,0 +1,199 @@
+"""The jitted train step: sharding parity, frozen weights, skipped updates, dropout seeding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import configs.deepfish
+from alcfcn_jax import sharding as shd
+from alcfcn_jax import train_lib
+from alcfcn_jax.models.layers import Frozen
+
+H, W = 32, 48
+
+
+def _config(**optim):
+    config = configs.deepfish.get_config("smoke")
+    config.optim.update(optim)
+    return config
+
+
+def _batch(n: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random images with 0-3 clicked fish each (the rest unlabelled)."""
+    rng = np.random.default_rng(seed)
+    points = np.full((n, H, W), 255, np.int32)
+    for i in range(n):
+        for _ in range(i % 4):
+            points[i, rng.integers(H), rng.integers(W)] = 1
+    return {
+        "image": rng.normal(size=(n, H, W, 3)).astype(np.float32),
+        "points": points,
+        "mask": np.full((n, H, W), 255, np.int32),
+    }
+
+
+class _Stepper:
+    """A train step compiled once per (mesh, loss) and fresh replicated states on demand."""
+
+    def __init__(self, config, mesh, loss_fn=None):
+        self.config, self.mesh = config, mesh
+        with jax.set_mesh(mesh):
+            self.graphs, _ = train_lib.create_train_state(config, mesh)
+            self.fn = train_lib.make_train_step(
+                self.graphs,
+                mesh,
+                loss_name=config.loss.name,
+                learning_rate=config.optim.lr,
+                loss_fn=loss_fn,
+            )
+
+    def fresh(self):
+        with jax.set_mesh(self.mesh):
+            return train_lib.create_train_state(self.config, self.mesh)[1]
+
+    def __call__(self, batch, state=None):
+        state = self.fresh() if state is None else state
+        with jax.set_mesh(self.mesh):
+            new_state, metrics = self.fn(state, shd.to_global(batch, self.mesh))
+            return jax.device_get(new_state), jax.device_get(metrics)
+
+
+@pytest.fixture(scope="module")
+def step8():
+    return _Stepper(_config(), shd.make_mesh(8))
+
+
+def _leaves(state, kind):
+    return jax.tree.leaves(nnx.filter_state(state["model"], kind))
+
+
+def test_eight_devices_match_one_device(step8):
+    """One step on a global batch of 8 over 8 devices == the same 8 images on one device."""
+    assert jax.device_count() == 8
+    batch = _batch()
+    s8, m8 = step8(batch)
+    s1, m1 = _Stepper(_config(), shd.make_mesh(1))(batch)
+    assert m8["loss"] > 0
+    np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5, atol=1e-6)
+    for k in m1:
+        if k.startswith("loss_"):
+            np.testing.assert_allclose(m8[k], m1[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    p8, p1 = _leaves(s8, nnx.Param), _leaves(s1, nnx.Param)
+    assert len(p8) == len(p1) > 0
+    for a, b in zip(p8, p1):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(s8["opt"]), jax.tree.leaves(s1["opt"])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_weights_and_statistics_are_not_updated(step8):
+    before = jax.device_get(step8.fresh())
+    after, metrics = step8(_batch())
+    assert metrics["skipped"] == 0 and metrics["update_norm"] > 0
+    frozen_b, frozen_a = _leaves(before, Frozen), _leaves(after, Frozen)
+    assert frozen_b, "the tiny model has frozen weights (stem, BatchNorm)"
+    for a, b in zip(frozen_a, frozen_b):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(_leaves(after, nnx.BatchStat), _leaves(before, nnx.BatchStat)):
+        np.testing.assert_array_equal(a, b)
+    changed = [
+        not np.array_equal(a, b)
+        for a, b in zip(_leaves(after, nnx.Param), _leaves(before, nnx.Param))
+    ]
+    assert any(changed)
+    assert int(after["step"]) == 1
+
+
+def test_zero_or_nonfinite_loss_leaves_state_unchanged():
+    """The reference skips opt.step when the loss is 0; NaN/inf never reaches the weights."""
+
+    def loss_fn(logits, batch):
+        # The loss value is read from the batch so one compiled step covers 0 and NaN.
+        return jnp.sum(logits, axis=(1, 2, 3)) * 0.0 + batch["image"][:, 0, 0, 0], {}
+
+    stepper = _Stepper(_config(), shd.make_mesh(8), loss_fn=loss_fn)
+    before = jax.device_get(stepper.fresh())
+    for value in (0.0, float("nan")):
+        batch = _batch()
+        batch["image"][:, 0, 0, 0] = value
+        after, metrics = stepper(batch)
+        assert metrics["skipped"] == 1.0
+        assert metrics["nonfinite"] == (0.0 if value == 0 else 1.0)
+        for a, b in zip(jax.tree.leaves(after["opt"]), jax.tree.leaves(before["opt"])):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(_leaves(after, nnx.Param), _leaves(before, nnx.Param)):
+            np.testing.assert_array_equal(a, b)
+        assert int(after["step"]) == 1  # the step still counts, as the reference's iteration
+    batch = _batch()
+    batch["image"][:, 0, 0, 0] = 1.0
+    _, metrics = stepper(batch)
+    assert metrics["skipped"] == 0.0 and metrics["nonfinite"] == 0.0
+
+
+def test_step_is_deterministic_and_dropout_depends_on_step(step8):
+    batch = _batch()
+    a, ma = step8(batch)
+    b, mb = step8(batch)
+    assert ma["loss"] == mb["loss"]
+    for x, y in zip(_leaves(a, nnx.Param), _leaves(b, nnx.Param)):
+        np.testing.assert_array_equal(x, y)
+    fresh = step8.fresh()
+    later = dict(fresh, step=jax.device_put(jnp.int32(5), shd.replicated(step8.mesh)))
+    _, mc = step8(batch, state=later)
+    assert mc["loss"] != ma["loss"], "dropout masks must change with the step"
+
+
+def test_trunk_lr_multiplier_scales_only_the_trunk():
+    from alcfcn_jax.models import build_model
+
+    config = _config(trunk_lr_mult=0.1)
+    model = build_model(config.model, rngs=nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    grads = jax.tree.map(jnp.ones_like, params)
+    tx = train_lib.make_optimizer(config.optim)
+    updates = jax.jit(lambda g, p: tx.update(g, tx.init(p), p)[0])(grads, params)
+    lr = config.optim.lr
+    trunk = jax.tree.leaves(updates["trunk"])
+    head = jax.tree.leaves(updates["cam_head"])
+    assert trunk and head
+    for u in trunk:
+        np.testing.assert_allclose(u, -0.1 * lr, rtol=1e-4)
+    for u in head:
+        np.testing.assert_allclose(u, -lr, rtol=1e-4)
+
+
+def test_adam_weight_decay_is_l2_in_the_gradient():
+    """torch Adam(weight_decay=wd) adds wd * p to the gradient before the moments."""
+    import ml_collections
+
+    cfg = ml_collections.ConfigDict(
+        dict(
+            name="adam",
+            lr=0.1,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.5,
+            trunk_lr_mult=1.0,
+            clip_grad_norm=0.0,
+        )
+    )
+    tx = train_lib.make_optimizer(cfg)
+    p = {"w": jnp.array([2.0])}
+    upd, _ = tx.update({"w": jnp.array([0.0])}, tx.init(p), p)
+    # g = 0 + 0.5 * 2 = 1 -> first Adam step moves by -lr * sign(g).
+    np.testing.assert_allclose(upd["w"], [-0.1], rtol=1e-5)
+
+
+def test_prepare_batch_marks_padding_unlabelled():
+    batch = _batch(2)
+    batch["points"][:, 0, 0] = 1
+    batch["mask"][:] = 1
+    pad = np.ones((2, H, W), bool)
+    pad[:, 0, :] = False
+    out = train_lib.prepare_batch({**batch, "pad": pad, "id": np.array(["a", "b"])})
+    assert set(out) == {"image", "points", "mask"}
+    assert (out["points"][:, 0, :] == 255).all() and (out["mask"][:, 0, :] == 255).all()
+    assert (out["mask"][:, 1:, :] == 1).all()
