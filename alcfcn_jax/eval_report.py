@@ -18,13 +18,14 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
+
+from alcfcn_jax.atomic import atomic_write
 
 # The A-LCFCN paper's Table 1 (DeepFish FishSeg test mIoU).
 PAPER_TABLE1 = {
@@ -47,21 +48,8 @@ PER_IMAGE_COLUMNS = (
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> pathlib.Path:
-    """Writes text through a temporary file in the same folder and ``os.replace``."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Writes text atomically (see :func:`alcfcn_jax.atomic.atomic_write`); returns the path."""
+    return atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def _json_safe(obj: Any) -> Any:

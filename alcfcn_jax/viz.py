@@ -10,12 +10,13 @@ from __future__ import annotations
 import colorsys
 import os
 import pathlib
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 import scipy.ndimage as ndi
 from PIL import Image, ImageDraw, ImageFont
+
+from alcfcn_jax.atomic import atomic_write
 
 # Anchor colours of matplotlib's "viridis" (public colour values), interpolated linearly: a
 # perceptually ordered heat map that stays readable in greyscale print.
@@ -252,22 +253,6 @@ def eval_panel(
 
 
 def save_png_atomic(image: Image.Image | np.ndarray, path: str | os.PathLike) -> pathlib.Path:
-    """Writes a PNG atomically: a temporary file in the same folder, then ``os.replace``.
-
-    Parent folders are created. Returns the final path.
-    """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Writes a PNG atomically (see :func:`alcfcn_jax.atomic.atomic_write`); returns the path."""
     pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pil.save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: pil.save(f, format="PNG"), binary=True)
