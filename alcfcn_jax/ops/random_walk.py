@@ -37,7 +37,10 @@ STRIDE = 8
 # ~7, dense vs sparse seconds: 60 nodes 0.0007 vs 0.0008, 96 nodes 0.0020 vs 0.0014, 240 nodes
 # 0.013 vs 0.011, 448 nodes 0.056 vs 0.016, 1032 nodes 0.90 vs 0.030, 1824 nodes (DeepFish
 # 256x455) 4.07 vs 0.052. Dense costs O(N^3) time and O(N^2) memory, sparse O(N*K*C); the
-# crossover lies between 60 and 96 nodes. Both agree to ~1e-5 (tests/test_random_walk.py).
+# crossover lies between 60 and 96 nodes. On the same CPU at load ~1 (benchmarks/results/
+# cpu-2cores.json) dense was faster up to 240 nodes (0.006 vs 0.010 s) and slower from 448 on
+# (0.029 vs 0.011 s): the crossover moves with load, and below ~240 nodes both cost milliseconds,
+# so the threshold sits at the low end, where a wrong choice costs least. Both agree to ~1e-5 (tests/test_random_walk.py).
 AUTO_DENSE_MAX_NODES = 64
 
 _HIGHEST = jax.lax.Precision.HIGHEST
