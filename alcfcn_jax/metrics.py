@@ -56,13 +56,17 @@ def iou_from_confusion(cf: np.ndarray) -> dict[str, float]:
 
     Returns:
       ``{"iou_bg", "iou_fish", "miou"}`` for 2 classes (plus ``iou_<c>`` for any further class);
-      ``miou`` is NaN when no class has a non-empty union (no pixels at all).
+      ``miou`` is NaN when no class has a non-empty union. A class with an empty union gets 0
+      as in the reference (``inter / max(union, 1)``), except when the matrix holds no pixels at
+      all (e.g. box datasets without masks): then every figure is NaN, never a misleading 0.
     """
     cf = np.asarray(cf, np.float64)
     inter = np.diag(cf)
     union = cf.sum(0) + cf.sum(1) - inter
     iou = inter / np.maximum(union, 1)
     names = ["iou_bg", "iou_fish"] + [f"iou_{c}" for c in range(2, cf.shape[0])]
+    if not cf.any():
+        iou = np.full(cf.shape[0], np.nan)
     out = {names[c]: float(iou[c]) for c in range(cf.shape[0])}
     valid = union > 0
     out["miou"] = float(iou[valid].mean()) if valid.any() else float("nan")

@@ -82,7 +82,8 @@ def test_iou_only_over_classes_present():
     cf = metrics.confusion(np.zeros((4, 4), int), np.zeros((4, 4), int))
     iou = metrics.iou_from_confusion(cf)
     assert iou["iou_bg"] == 1.0 and iou["iou_fish"] == 0.0 and iou["miou"] == 1.0
-    assert np.isnan(metrics.iou_from_confusion(np.zeros((2, 2)))["miou"])
+    empty = metrics.iou_from_confusion(np.zeros((2, 2)))
+    assert np.isnan(empty["miou"]) and np.isnan(empty["iou_bg"]) and np.isnan(empty["iou_fish"])
 
 
 def test_confusion_rejects_out_of_range():
