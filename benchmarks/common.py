@@ -10,7 +10,20 @@ from typing import Any
 
 import jax
 
-__all__ = ["compiled_memory", "host_info", "print_json", "time_jitted"]
+__all__ = ["compiled_memory", "host_info", "print_json", "time_calls", "time_jitted"]
+
+
+def time_calls(fn: Callable, args: tuple, repeats: int) -> tuple[float, list[float]]:
+    """(first call incl. any compilation, sorted steady-state times) of ``fn(*args)`` in seconds."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return first, sorted(times)
 
 
 def time_jitted(fn: Callable, *args: Any, repeats: int = 3) -> dict[str, float]:
@@ -24,16 +37,7 @@ def time_jitted(fn: Callable, *args: Any, repeats: int = 3) -> dict[str, float]:
     Returns:
         dict with ``compile_s`` (first call, includes compilation), ``min_s`` and ``median_s``.
     """
-    jitted = jax.jit(fn)
-    t0 = time.perf_counter()
-    jax.block_until_ready(jitted(*args))
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(jitted(*args))
-        times.append(time.perf_counter() - t0)
-    times.sort()
+    first, times = time_calls(jax.jit(fn), args, repeats)
     return {
         "compile_s": round(first, 3),
         "min_s": round(times[0], 4),

@@ -10,7 +10,7 @@ baseline (no affinity), EfficientNet-Lite0 A-LCFCN and FCN8-VGG16 (skipped with 
 modules are missing).
 
 Usage:
-  python benchmarks/model_step.py [--repeats 2] [--height 256] [--width 455] [--batch 1]
+  python -m benchmarks.model_step [--repeats 2] [--height 256] [--width 455] [--batch 1]
                                   [--only resnet38_two_pass,fcn8_vgg16]
 Prints one JSON object; ``run()`` returns the same dict.
 """
@@ -28,21 +28,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from alcfcn_jax.models import build_model
+from benchmarks.common import time_calls
+from configs.deepfish import model_config
 
-_BASE = dict(
-    name="alcfcn",
-    backbone="resnet38",
-    n_classes=2,
-    with_affinity=True,
-    trunk_mode="two_pass",
-    beta=8.0,
-    logt=4,
-    radius=5,
-    rw_method="dense",
-    dtype="float32",
-    weights="",
-    weights_allow_missing=(),
-)
+_BASE = model_config().to_dict()
 
 NETWORKS: dict[str, dict[str, Any]] = {
     "resnet38_two_pass": dict(_BASE),
@@ -54,19 +43,6 @@ NETWORKS: dict[str, dict[str, Any]] = {
     ),
     "fcn8_vgg16": dict(_BASE, name="fcn8_vgg16", with_affinity=False),
 }
-
-
-def _timed(fn, args, repeats: int) -> tuple[float, list[float]]:
-    """(first call incl. compile, steady-state times) of ``fn(*args)`` in seconds."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return first, times
 
 
 def _memory(compiled) -> dict[str, int] | None:
@@ -120,7 +96,7 @@ def bench_network(
     for label, fn in (("forward", fwd), ("forward_backward", step)):
         try:
             compiled = fn.lower(state, x).compile()
-            first, times = _timed(compiled, (state, x), repeats)
+            first, times = time_calls(compiled, (state, x), repeats)
         except Exception as e:  # noqa: BLE001 - report a broken network, keep benchmarking
             out[label] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
             continue
