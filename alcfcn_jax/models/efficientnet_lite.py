@@ -44,6 +44,7 @@ from flax import nnx
 
 from alcfcn_jax.models.layers import FrozenBatchNorm
 from alcfcn_jax.models.vgg16_fcn8 import INPUT_FORMATS, convert_input
+from alcfcn_jax.ops.conv import conv_general_dilated
 
 BN_EPS = 1e-3
 STEM_CHANNELS = 32
@@ -94,6 +95,7 @@ def _conv(
         kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
         dtype=dtype,
         param_dtype=jnp.float32,
+        conv_general_dilated=conv_general_dilated,
         rngs=rngs,
     )
 

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from alcfcn_jax.ops.conv import conv_general_dilated
+
 
 class Frozen(nnx.Variable):
     """A weight the optimizer never updates (frozen BatchNorm affine, conv1a, b2 blocks, ...)."""
@@ -84,6 +86,7 @@ def conv2d(
         use_bias=bias,
         dtype=dtype,
         param_dtype=jnp.float32,
+        conv_general_dilated=conv_general_dilated,
         rngs=rngs,
         **kwargs,
     )

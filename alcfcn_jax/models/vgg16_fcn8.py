@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from alcfcn_jax.models.layers import conv2d, torch_default_conv_init
+from alcfcn_jax.ops.conv import conv_general_dilated
 
 # (block, number of convs) of VGG-16; conv names are conv{block}_{i}.
 VGG16_BLOCKS: tuple[int, ...] = (2, 2, 3, 3, 3)
@@ -213,6 +214,7 @@ def _zero_conv(in_ch: int, out_ch: int, *, rngs: nnx.Rngs, dtype) -> nnx.Conv:
         bias_init=nnx.initializers.zeros_init(),
         dtype=dtype,
         param_dtype=jnp.float32,
+        conv_general_dilated=conv_general_dilated,
         rngs=rngs,
     )
 
