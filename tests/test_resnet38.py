@@ -1,8 +1,9 @@
 """ResNet-38d trunk: structure, parameter count, frozen weights, and parity with a torch replica.
 
-The torch replica below is written from the reference spec (section 2.2-2.4: PSA/SEAM
-``resnet38d.py`` / ``resnet38_aff.py``), with every width scaled by ``w / 64`` so it runs in
-milliseconds; at ``w = 64`` it is the reference network (used on the meta device for names/shapes).
+The torch replica (``benchmarks/torch_reference.py``) is written from the reference spec
+(section 2.2-2.4: PSA/SEAM ``resnet38d.py`` / ``resnet38_aff.py``), with every width scaled by
+``w / 64`` so it runs in milliseconds; at ``w = 64`` it is the reference network (used on the
+meta device for names/shapes).
 """
 
 import jax
@@ -120,103 +121,19 @@ def test_export_import_roundtrip(tmp_path):
 
 
 def _torch_replica(w: int, n_classes: int = 2):
-    """ResNet-38d + resnet38_aff heads in PyTorch, from the spec, all widths scaled by w/64."""
+    """ResNet-38d + resnet38_aff heads in PyTorch (benchmarks/torch_reference.py), widths w/64.
+
+    Returns ``(torch, TNet, TResBlock, TResBlockBot)`` with ``TNet()`` building the network.
+    """
     torch = pytest.importorskip("torch")
-    nn = torch.nn
-    F = torch.nn.functional
+    from benchmarks.torch_reference import torch_namespace
 
-    class TResBlock(nn.Module):
-        def __init__(self, in_ch, mid, out, stride=1, first_dilation=None, dilation=1):
-            super().__init__()
-            first_dilation = dilation if first_dilation is None else first_dilation
-            self.same_shape = in_ch == out and stride == 1
-            self.bn_branch2a = nn.BatchNorm2d(in_ch)
-            self.conv_branch2a = nn.Conv2d(
-                in_ch, mid, 3, stride, padding=first_dilation, dilation=first_dilation, bias=False
-            )
-            self.bn_branch2b1 = nn.BatchNorm2d(mid)
-            self.conv_branch2b1 = nn.Conv2d(
-                mid, out, 3, padding=dilation, dilation=dilation, bias=False
-            )
-            if not self.same_shape:
-                self.conv_branch1 = nn.Conv2d(in_ch, out, 1, stride, bias=False)
+    ns = torch_namespace()
 
-        def forward(self, x):
-            a = F.relu(self.bn_branch2a(x))
-            b1 = x if self.same_shape else self.conv_branch1(a)
-            b2 = self.conv_branch2b1(F.relu(self.bn_branch2b1(self.conv_branch2a(a))))
-            return b1 + b2, a
+    def TNet():
+        return ns.ResNet38Aff(w, n_classes)
 
-    class TResBlockBot(nn.Module):
-        def __init__(self, in_ch, out, stride=1, dilation=1, dropout=0.0):
-            super().__init__()
-            self.same_shape = in_ch == out and stride == 1
-            self.bn_branch2a = nn.BatchNorm2d(in_ch)
-            self.conv_branch1 = nn.Conv2d(in_ch, out, 1, stride, bias=False)
-            self.conv_branch2a = nn.Conv2d(in_ch, out // 4, 1, stride, bias=False)
-            self.bn_branch2b1 = nn.BatchNorm2d(out // 4)
-            self.dropout_2b1 = nn.Dropout2d(dropout)
-            self.conv_branch2b1 = nn.Conv2d(
-                out // 4, out // 2, 3, padding=dilation, dilation=dilation, bias=False
-            )
-            self.bn_branch2b2 = nn.BatchNorm2d(out // 2)
-            self.dropout_2b2 = nn.Dropout2d(dropout)
-            self.conv_branch2b2 = nn.Conv2d(out // 2, out, 1, bias=False)
-
-        def forward(self, x):
-            a = F.relu(self.bn_branch2a(x))
-            b1 = self.conv_branch1(a)
-            y = self.dropout_2b1(F.relu(self.bn_branch2b1(self.conv_branch2a(a))))
-            y = self.dropout_2b2(F.relu(self.bn_branch2b2(self.conv_branch2b1(y))))
-            return b1 + self.conv_branch2b2(y), a
-
-    class TNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            s = w // 64 if w >= 64 else None
-            c = (lambda n: n * w // 64) if s is None else (lambda n: n * s)
-            self.conv1a = nn.Conv2d(3, c(64), 3, padding=1, bias=False)
-            self.b2 = TResBlock(c(64), c(128), c(128), stride=2)
-            self.b2_1 = TResBlock(c(128), c(128), c(128))
-            self.b2_2 = TResBlock(c(128), c(128), c(128))
-            self.b3 = TResBlock(c(128), c(256), c(256), stride=2)
-            self.b3_1 = TResBlock(c(256), c(256), c(256))
-            self.b3_2 = TResBlock(c(256), c(256), c(256))
-            self.b4 = TResBlock(c(256), c(512), c(512), stride=2)
-            for i in range(1, 6):
-                setattr(self, f"b4_{i}", TResBlock(c(512), c(512), c(512)))
-            self.b5 = TResBlock(c(512), c(512), c(1024), first_dilation=1, dilation=2)
-            self.b5_1 = TResBlock(c(1024), c(512), c(1024), dilation=2)
-            self.b5_2 = TResBlock(c(1024), c(512), c(1024), dilation=2)
-            self.b6 = TResBlockBot(c(1024), c(2048), dilation=4, dropout=0.3)
-            self.b7 = TResBlockBot(c(2048), c(4096), dilation=4, dropout=0.5)
-            self.bn7 = nn.BatchNorm2d(c(4096))
-            self.f8_3 = nn.Conv2d(c(512), 64, 1, bias=False)
-            self.f8_4 = nn.Conv2d(c(1024), 128, 1, bias=False)
-            self.f8_5 = nn.Conv2d(c(4096), 256, 1, bias=False)
-            self.f9 = nn.Conv2d(448, 448, 1, bias=False)
-            self.dropout7 = nn.Dropout2d(0.5)
-            self.fc8 = nn.Conv2d(c(4096), n_classes, 1, bias=False)
-
-        def forward(self, x):
-            x = self.conv1a(x)
-            for name in ["b2", "b2_1", "b2_2", "b3", "b3_1", "b3_2", "b4"]:
-                x, _ = getattr(self, name)(x)
-            for i in range(1, 6):
-                x, _ = getattr(self, f"b4_{i}")(x)
-            x, conv4 = self.b5(x)
-            x, _ = self.b5_1(x)
-            x, _ = self.b5_2(x)
-            x, conv5 = self.b6(x)
-            x, _ = self.b7(x)
-            conv6 = F.relu(self.bn7(x))
-            cam8 = self.fc8(self.dropout7(conv6))
-            f = torch.cat(
-                [F.elu(self.f8_3(conv4)), F.elu(self.f8_4(conv5)), F.elu(self.f8_5(conv6))], 1
-            )
-            return conv4, conv5, conv6, cam8, F.elu(self.f9(f))
-
-    return torch, TNet, TResBlock, TResBlockBot
+    return torch, TNet, ns.ResBlock, ns.ResBlockBot
 
 
 def _randomise_bn(torch, module, seed=0):

@@ -37,42 +37,32 @@ def _randomise_head(model, seed=0):
 
 
 def _torch_forward(model, x_nhwc):
-    """Functional torch replica of the reference FCN8VGG16.forward with the model's weights."""
+    """Eval-mode torch replica of the reference FCN8VGG16 with the model's weights.
+
+    The replica lives in benchmarks/torch_reference.py (spec 2.9).
+    """
     torch = pytest.importorskip("torch")
-    F = torch.nn.functional
+    from benchmarks.torch_reference import FCN8VGG16Torch
 
-    def conv_w(conv):
-        w = torch.from_numpy(np.transpose(np.asarray(conv.kernel[...]), (3, 2, 0, 1)).copy())
-        return w, torch.from_numpy(np.asarray(conv.bias[...]).copy())
+    def as_torch(a, axes):
+        return torch.from_numpy(np.transpose(np.asarray(a), axes).copy())
 
-    def convt_w(up):
-        return torch.from_numpy(np.transpose(np.asarray(up.kernel[...]), (2, 3, 0, 1)).copy())
-
-    x = torch.from_numpy(np.transpose(np.asarray(x_nhwc), (0, 3, 1, 2)).copy())
-    h, w = x.shape[2], x.shape[3]
-    names = iter(vgg16_conv_names())
-    pools = []
+    names = vgg16_conv_names()
+    channels = tuple(getattr(model, f"conv{b}_1").kernel.shape[-1] for b in range(1, 6))
+    net = FCN8VGG16Torch(
+        model.score_fr.kernel.shape[-1], channels=channels, fc_width=model.fc6.kernel.shape[-1]
+    ).eval()
+    state = {}
+    torch_names = {"score_fr": "scoring_layer"}
+    for name in (*names, "fc6", "fc7", "score_fr", "score_pool4", "score_pool3"):
+        conv = getattr(model, name)
+        state[f"{torch_names.get(name, name)}.weight"] = as_torch(conv.kernel[...], (3, 2, 0, 1))
+        state[f"{torch_names.get(name, name)}.bias"] = as_torch(conv.bias[...], (0,))
+    for name in ("upscore2", "upscore_pool4", "upscore8"):
+        state[f"{name}.weight"] = as_torch(getattr(model, name).kernel[...], (2, 3, 0, 1))
+    net.load_state_dict(state, strict=True)
     with torch.no_grad():
-        for n_convs in (2, 2, 3, 3, 3):
-            for _ in range(n_convs):
-                name = next(names)
-                wt, b = conv_w(getattr(model, name))
-                x = F.relu(F.conv2d(x, wt, b, padding=100 if name == "conv1_1" else 1))
-            x = F.max_pool2d(x, 2, 2, ceil_mode=True)
-            pools.append(x)
-        pool3, pool4, pool5 = pools[2], pools[3], pools[4]
-        fc6 = F.relu(F.conv2d(pool5, *conv_w(model.fc6)))
-        fc7 = F.relu(F.conv2d(fc6, *conv_w(model.fc7)))
-        up2 = F.conv_transpose2d(
-            F.conv2d(fc7, *conv_w(model.score_fr)), convt_w(model.upscore2), stride=2
-        )
-        s4 = F.conv2d(pool4, *conv_w(model.score_pool4))
-        s4 = s4[:, :, 5 : 5 + up2.size(2), 5 : 5 + up2.size(3)]
-        up4 = F.conv_transpose2d(s4 + up2, convt_w(model.upscore_pool4), stride=2)
-        s3 = F.conv2d(pool3, *conv_w(model.score_pool3))
-        s3 = s3[:, :, 9 : 9 + up4.size(2), 9 : 9 + up4.size(3)]
-        out = F.conv_transpose2d(s3 + up4, convt_w(model.upscore8), stride=8)
-        out = out[:, :, 31 : 31 + h, 31 : 31 + w]
+        out = net(as_torch(x_nhwc, (0, 3, 1, 2)))
     return np.transpose(out.numpy(), (0, 2, 3, 1))
 
 
