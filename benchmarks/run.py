@@ -25,6 +25,7 @@ import traceback
 BENCHMARKS = (
     "random_walk",
     "lcfcn_targets",
+    "conv",
     "model_step",
     "train_step",
     "input_pipeline",

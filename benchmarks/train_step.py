@@ -12,6 +12,11 @@ with a few clicked fish each:
   different shards may overlap in time, so on several devices the share can exceed what the
   callback adds to the step.
 
+``torch_reference`` (CPU, one device, torch installed; ``--no_reference`` skips it): the same
+step of the PyTorch replica of the reference (``benchmarks/torch_reference.py``: two trunk passes,
+the dead FCN8-VGG16 forward, dense random walk, LCFCN loss, Adam) timed right after ours in the
+same process, and ``<mode>_over_reference`` = our median step time / the reference's.
+
 Not a test: on a 2-core CPU one ResNet-38d step at 256x455 takes tens of seconds.
 """
 
@@ -121,7 +126,8 @@ def run(
     width: int = 455,
     backbone: str = "resnet38",
     trunk_modes: tuple[str, ...] = ("two_pass", "single_pass"),
-    rw_method: str = "dense",
+    rw_method: str | None = None,
+    reference: bool = True,
 ) -> dict[str, Any]:
     """Times the A-LCFCN train step; returns a JSON-able dict (see the module docstring)."""
     import configs.deepfish
@@ -140,9 +146,34 @@ def run(
         config = configs.deepfish.get_config()
         config.model.backbone = backbone
         config.model.trunk_mode = mode
-        config.model.rw_method = rw_method
+        if rw_method is not None:
+            config.model.rw_method = rw_method
+        result["rw_method"] = config.model.rw_method
         result["modes"][mode] = _one_mode(config, steps=steps, height=height, width=width)
+    if reference:
+        result["torch_reference"] = _reference(result["modes"], steps=steps, h=height, w=width)
     return result
+
+
+def _reference(modes: dict[str, Any], *, steps: int, h: int, w: int) -> dict[str, Any]:
+    """The PyTorch replica of the reference step (benchmarks/torch_reference.py), same run.
+
+    Only meaningful against our CPU figures (the reference ran on CPU) and for one image per step.
+    """
+    if jax.default_backend() != "cpu" or jax.device_count() != 1:
+        return {"skipped": "the reference comparison needs the CPU backend with one device"}
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return {"skipped": "torch is not installed (pip install -e '.[torch]')"}
+    from benchmarks import torch_reference
+
+    ref = torch_reference.run(h, w, steps, count_flops=False)
+    keep = ("step_s_median", "step_s_min", "phase_s_median", "torch", "num_threads")
+    out = {k: ref[k] for k in keep if k in ref}
+    for mode, figures in modes.items():
+        out[f"{mode}_over_reference"] = round(figures["step_s_median"] / ref["step_s_median"], 3)
+    return out
 
 
 def main() -> None:
@@ -151,8 +182,9 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=455)
     parser.add_argument("--backbone", default="resnet38")
-    parser.add_argument("--rw_method", default="dense")
+    parser.add_argument("--rw_method", default=None, help="default: the config's")
     parser.add_argument("--trunk_modes", default="two_pass,single_pass")
+    parser.add_argument("--no_reference", action="store_true", help="skip the PyTorch replica")
     args = parser.parse_args()
     print_json(
         run(
@@ -162,6 +194,7 @@ def main() -> None:
             backbone=args.backbone,
             rw_method=args.rw_method,
             trunk_modes=tuple(m for m in args.trunk_modes.split(",") if m),
+            reference=not args.no_reference,
         )
     )
 
