@@ -2,15 +2,49 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
+import pathlib
 import time
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import jax
 
-__all__ = ["compiled_memory", "host_info", "print_json", "time_calls", "time_jitted"]
+__all__ = [
+    "compiled_memory",
+    "host_info",
+    "loadavg",
+    "print_json",
+    "reference_lcfcn",
+    "time_calls",
+    "time_jitted",
+]
+
+REFERENCE_LCFCN = pathlib.Path(__file__).resolve().parents[1] / "tests" / "reference_lcfcn.py"
+
+
+@functools.cache
+def reference_lcfcn() -> ModuleType:
+    """The numpy port of the reference LCFCN targets and loss (tests/reference_lcfcn.py)."""
+    if not REFERENCE_LCFCN.is_file():
+        raise FileNotFoundError(
+            f"{REFERENCE_LCFCN} not found: the reference comparisons need the numpy port of the "
+            "reference LCFCN targets (tests/reference_lcfcn.py) from the repository checkout"
+        )
+    spec = importlib.util.spec_from_file_location("_reference_lcfcn", REFERENCE_LCFCN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def loadavg() -> list[float]:
+    """The 1/5/15-minute load averages, rounded (NaN where the OS has none)."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return [round(x, 2) for x in load]
 
 
 def time_calls(fn: Callable, args: tuple, repeats: int) -> tuple[float, list[float]]:
@@ -69,12 +103,11 @@ def compiled_memory(fn: Callable, *args: Any) -> dict[str, int] | None:
 
 def host_info() -> dict[str, Any]:
     """Device, CPU count and 1/5/15-minute load averages (timings are only comparable when quiet)."""
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return {
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0]),
         "cpu_count": os.cpu_count(),
-        "loadavg": [round(x, 2) for x in load],
+        "loadavg": loadavg(),
         "jax": jax.__version__,
     }
 

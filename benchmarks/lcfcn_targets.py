@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import sys
 import time
 
 import numpy as np
+
+from benchmarks.common import reference_lcfcn
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "reference" / "lcfcn_deepfish_size.npz"
@@ -33,15 +34,6 @@ def _load():
         points = d["points"][0]
     e = np.exp(logits - logits.max(0))
     return (e[1] / e.sum(0)).astype(np.float32), points
-
-
-def _reference_module():
-    sys.path.insert(0, str(ROOT / "tests"))
-    try:
-        import reference_lcfcn
-    finally:
-        sys.path.pop(0)
-    return reference_lcfcn
 
 
 def _stats(wall: list[float], cpu: list[float]) -> dict[str, float]:
@@ -108,7 +100,7 @@ def run(repeats: int = 15) -> dict:
     from alcfcn_jax.losses import lcfcn_targets as lt
     from alcfcn_jax.losses.lcfcn import lcfcn_loss
 
-    ref = _reference_module()
+    ref = reference_lcfcn()
     probs, points = _load()
     pool = lt.default_pool()
 

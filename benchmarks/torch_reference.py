@@ -38,19 +38,19 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import os
 import pathlib
 import statistics
 import time
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
+from benchmarks.common import loadavg, reference_lcfcn
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-REFERENCE_LCFCN = ROOT / "tests" / "reference_lcfcn.py"
 
 STRIDE = 8  # output stride of the trunk
 RADIUS = 5  # neighbour radius of the affinity graph (spec 2.5)
@@ -164,20 +164,6 @@ def make_inputs(
         points[rng.integers(height), rng.integers(width)] = 1
     image = rng.normal(size=(1, height, width, 3)).astype(np.float32)
     return np.ascontiguousarray(image.transpose(0, 3, 1, 2)), points
-
-
-@functools.cache
-def _reference_lcfcn() -> ModuleType:
-    """Loads the numpy port of the reference LCFCN targets (tests/reference_lcfcn.py) by path."""
-    if not REFERENCE_LCFCN.is_file():
-        raise FileNotFoundError(
-            f"{REFERENCE_LCFCN} not found: the torch reference step needs the numpy port of the "
-            "reference LCFCN targets (tests/reference_lcfcn.py) from the repository checkout"
-        )
-    spec = importlib.util.spec_from_file_location("_reference_lcfcn", REFERENCE_LCFCN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ----------------------------------------------------------------------------- torch replica
@@ -497,7 +483,7 @@ def torch_namespace() -> SimpleNamespace:
             raise ValueError(
                 f"lcfcn_loss: probs {tuple(probs.shape)} and points {points.shape} must match"
             )
-        targets = _reference_lcfcn().get_tgt_list(
+        targets = reference_lcfcn().get_tgt_list(
             np.asarray(points, np.int64), probs.detach().cpu().numpy()
         )
         flat = probs.reshape(-1)
@@ -577,10 +563,6 @@ def __getattr__(name: str) -> Any:
 # ----------------------------------------------------------------------------- benchmark
 
 
-def _loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else []
-
-
 def _round(d: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 4) for k, v in d.items()}
 
@@ -620,7 +602,7 @@ def run(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        load_before = _loadavg()
+        load_before = loadavg()
         torch.manual_seed(seed)
         model = ns.ALCFCNReference(width=64, n_classes=2, with_vgg=with_vgg)
         model.train()
@@ -642,7 +624,7 @@ def run(
             c0 = time.process_time()
             timed.append(ns.reference_train_step(model, optimizer, image, points))
             cpu_s.append(time.process_time() - c0)
-        load_after = _loadavg()
+        load_after = loadavg()
         step_s = [t["step_s"] for t in timed]
         phases = {k: statistics.median(t[k] for t in timed) for k in timed[0] if k != "loss"}
         n_params = sum(p.numel() for p in model.model_aff.parameters())

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import randomise_torch_batchnorm
 from flax import nnx
 
 from alcfcn_jax.models.alcfcn import ALCFCN
@@ -136,19 +137,6 @@ def _torch_replica(w: int, n_classes: int = 2):
     return torch, TNet, ns.ResBlock, ns.ResBlockBot
 
 
-def _randomise_bn(torch, module, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-    module.eval()
-
-
 def _state_np(module):
     return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
 
@@ -179,7 +167,7 @@ def test_resblock_matches_torch(kwargs):
     torch.manual_seed(0)
     tkw = dict(kwargs)
     tblock = TResBlock(tkw.pop("in_ch"), tkw.pop("mid_ch"), tkw.pop("out_ch"), **tkw)
-    _randomise_bn(torch, tblock)
+    randomise_torch_batchnorm(tblock)
     block = ResBlock(**kwargs, rngs=nnx.Rngs(0))
     apply_mapping(block, _state_np(tblock), torch_style_mapping(block),
                   ignore=lambda k: k.endswith("num_batches_tracked"))  # fmt: skip
@@ -195,7 +183,7 @@ def test_resblock_bot_matches_torch_in_eval():
     torch, _, _, TResBlockBot = _torch_replica(64)
     torch.manual_seed(1)
     tblock = TResBlockBot(16, 32, dilation=4, dropout=0.3)
-    _randomise_bn(torch, tblock, seed=1)
+    randomise_torch_batchnorm(tblock, seed=1)
     block = ResBlockBot(16, 32, dilation=4, dropout=0.3, rngs=nnx.Rngs(0))
     apply_mapping(block, _state_np(tblock), torch_style_mapping(block),
                   ignore=lambda k: k.endswith("num_batches_tracked"))  # fmt: skip
@@ -252,7 +240,7 @@ def test_reduced_network_matches_torch_end_to_end(tmp_path):
     torch, TNet, _, _ = _torch_replica(8)
     torch.manual_seed(3)
     tnet = TNet()
-    _randomise_bn(torch, tnet, seed=3)
+    randomise_torch_batchnorm(tnet, seed=3)
     path = tmp_path / "resnet38_aff.pth"
     sd = tnet.state_dict()
     del sd["fc8.weight"]  # as in SEAM's checkpoint: fc8 is initialised fresh

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_fixture
+from conftest import load_fixture, randomise_torch_batchnorm
 from flax import nnx
 
 from alcfcn_jax.models.alcfcn import ALCFCN
@@ -32,18 +32,6 @@ def _t(x):
 
 def _nhwc(x):
     return np.asarray(x).transpose(0, 2, 3, 1)
-
-
-def _randomise_bn(module, seed):
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
 
 
 def test_importing_the_module_does_not_need_torch():
@@ -186,8 +174,7 @@ def test_reference_step_updates_trainable_weights_only():
 def test_eval_forward_matches_jax_two_pass_model():
     torch.manual_seed(4)
     net = ns.ResNet38Aff(8, 2)
-    _randomise_bn(net, seed=4)
-    net.eval()
+    randomise_torch_batchnorm(net, seed=4)
     # 85x93 -> padded 88x96 -> 11x12 grid: radius 5, and a real rescale 96 -> 93.
     x = np.random.default_rng(4).normal(size=(1, 3, 85, 93)).astype(np.float32)
     with torch.no_grad():

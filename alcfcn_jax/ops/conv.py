@@ -32,7 +32,11 @@ _IMPL = "auto"  # "auto" (taps on CPU only), "taps" (always), "xla" (never)
 
 
 def set_conv_impl(impl: str) -> str:
-    """Selects the convolution path: ``"auto"``, ``"taps"`` or ``"xla"``; returns the previous one."""
+    """Selects the convolution path: ``"auto"``, ``"taps"`` or ``"xla"``; returns the previous one.
+
+    The choice is read when a function is traced, so it applies to functions traced afterwards;
+    jitted functions already traced keep the path they were traced with.
+    """
     global _IMPL
     if impl not in ("auto", "taps", "xla"):
         raise ValueError(f"conv impl must be 'auto', 'taps' or 'xla', got {impl!r}")
