@@ -85,12 +85,51 @@ def test_kernel_grad_by_taps_against_float64_numpy():
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 
+DEPTHWISE = [
+    # (kernel, stride, dilation, padding, in_hw): EfficientNet-Lite's depthwise geometries
+    (3, 1, 1, "SAME", (7, 9)),
+    (3, 2, 1, "SAME", (7, 9)),
+    (5, 2, 1, "SAME", (10, 11)),
+    (5, 1, 2, "SAME", (9, 8)),
+    (3, 1, 4, "SAME", (11, 12)),
+    (3, 1, 1, ((1, 0), (0, 2)), (5, 6)),
+]
+
+
+@pytest.mark.parametrize("kernel,stride,dilation,padding,hw", DEPTHWISE)
+def test_depthwise_by_shifts_matches_lax(taps, kernel, stride, dilation, padding, hw):
+    rng = np.random.default_rng(kernel * 100 + stride * 10 + dilation)
+    x = jnp.asarray(rng.normal(size=(2, *hw, 6)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(kernel, kernel, 1, 6)), jnp.float32)
+    geometry = dict(
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        rhs_dilation=(dilation, dilation),
+        feature_group_count=6,
+    )
+    out_shape = lax.conv_general_dilated(x, k, (stride, stride), padding, **geometry).shape
+    w = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
+
+    def loss(conv):
+        return lambda xx, kk: jnp.sum(
+            w * jnp.tanh(conv(xx, kk, (stride, stride), padding, **geometry))
+        )
+
+    want = jax.jit(jax.value_and_grad(loss(lax.conv_general_dilated), argnums=(0, 1)))(x, k)
+    got_fn = jax.value_and_grad(loss(conv_ops.conv_general_dilated), argnums=(0, 1))
+    got = jax.jit(got_fn)(x, k)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[1][0], want[1][0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[1][1], want[1][1], rtol=1e-4, atol=1e-5)
+    # It really is the shifted-sum path: no convolution left in the program.
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(got_fn)(x, k))
+
+
 def test_unsupported_geometry_falls_back_to_lax(taps):
-    # Grouped (depthwise) and input-dilated convolutions keep lax's implementation.
+    # Grouped (not depthwise) and input-dilated convolutions keep lax's implementation.
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=(1, 6, 7, 4)), jnp.float32)
-    k = jnp.asarray(rng.normal(size=(3, 3, 1, 4)), jnp.float32)
-    kwargs = dict(dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=4)
+    k = jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)
+    kwargs = dict(dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=2)
     np.testing.assert_array_equal(
         conv_ops.conv_general_dilated(x, k, (1, 1), "SAME", **kwargs),
         lax.conv_general_dilated(x, k, (1, 1), "SAME", **kwargs),
