@@ -52,16 +52,37 @@ def _dtype(cfg: Any):
     return _DTYPES[name]
 
 
-def build_trunk(backbone: str, *, dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.Module:
-    """Builds a stride-8 trunk by name (``resnet38``, ``efficientnet_lite0`` or ``tiny``)."""
+def build_trunk(
+    backbone: str,
+    *,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+    output_stride: int = 8,
+    taps: tuple[str, ...] = (),
+) -> nnx.Module:
+    """Builds a trunk by name (``resnet38``, ``efficientnet_lite0`` or ``tiny``).
+
+    ``output_stride`` (8 or 32) and ``taps`` (three tap points, empty = the default) apply to
+    EfficientNet-Lite0 only; the other trunks are stride 8 with fixed taps.
+    """
+    if backbone in ("resnet38", "tiny") and (output_stride != 8 or taps):
+        raise ValueError(
+            f"model.output_stride and model.trunk_taps are EfficientNet-Lite0 options; "
+            f"{backbone} is a fixed stride-8 trunk (got output_stride={output_stride}, "
+            f"trunk_taps={taps})"
+        )
     if backbone == "resnet38":
         return ResNet38d(dtype=dtype, rngs=rngs)
     if backbone == "tiny":
         return TinyTrunk(dtype=dtype, rngs=rngs)
     if backbone == "efficientnet_lite0":
-        from alcfcn_jax.models.efficientnet_lite import EfficientNetLite0Trunk
+        from alcfcn_jax.models.efficientnet_lite import DEFAULT_TAPS, EfficientNetLite0Trunk
 
-        return EfficientNetLite0Trunk(dtype=dtype, rngs=rngs)
+        if output_stride not in (8, 32):
+            raise ValueError(f"model.output_stride must be 8 or 32, got {output_stride}")
+        return EfficientNetLite0Trunk(
+            dtype=dtype, rngs=rngs, dilated=output_stride == 8, taps=tuple(taps) or DEFAULT_TAPS
+        )
     raise ValueError(f"model.backbone must be one of {_BACKBONES}, got {backbone!r}")
 
 
@@ -73,6 +94,8 @@ def build_model(model_cfg: Any, *, rngs: nnx.Rngs) -> nnx.Module:
         "efficientnet_lite0" | "tiny"), ``n_classes``, ``with_affinity``, ``trunk_mode``, ``beta``,
         ``logt``, ``radius``, ``rw_method``, ``dtype`` ("float32" | "bfloat16"), ``weights``
         (path or "") and ``weights_allow_missing`` (names; empty means the importer's default);
+        optionally ``cam_head`` ("fc8" | "decoder"), ``decoder_width``, and for
+        EfficientNet-Lite0 ``output_stride`` (8 | 32) and ``trunk_taps`` (three tap points);
         optionally ``input_format`` for FCN8-VGG16 (default "caffe_bgr" for ``.h5`` weights,
         else "imagenet").
       rngs: ``nnx.Rngs`` with ``params`` and ``dropout`` streams.
@@ -89,7 +112,13 @@ def build_model(model_cfg: Any, *, rngs: nnx.Rngs) -> nnx.Module:
     n_classes = int(_get(model_cfg, "n_classes", 2))
     if name == "alcfcn":
         backbone = str(_get(model_cfg, "backbone", "resnet38"))
-        trunk = build_trunk(backbone, dtype=dtype, rngs=rngs)
+        trunk = build_trunk(
+            backbone,
+            dtype=dtype,
+            rngs=rngs,
+            output_stride=int(_get(model_cfg, "output_stride", 8)),
+            taps=tuple(_get(model_cfg, "trunk_taps", ()) or ()),
+        )
         model = ALCFCN(
             trunk,
             n_classes,
@@ -100,6 +129,8 @@ def build_model(model_cfg: Any, *, rngs: nnx.Rngs) -> nnx.Module:
             radius=int(_get(model_cfg, "radius", 5)),
             rw_method=str(_get(model_cfg, "rw_method", "dense")),
             affinity_widths=_AFFINITY_WIDTHS.get(backbone, _REFERENCE_AFFINITY_WIDTHS),
+            cam_head=str(_get(model_cfg, "cam_head", "fc8")),
+            decoder_width=int(_get(model_cfg, "decoder_width", 96)),
             dtype=dtype,
             rngs=rngs,
         )

@@ -17,6 +17,18 @@ up to multiples of 8 (zero padding at the bottom/right, as the reference's ``F.p
 Then ``logits = random_walk.refine(cam, aff_feats, beta, logt, radius, method)``. With
 ``with_affinity=False`` (the LCFCN baseline) there is no affinity branch and no random walk:
 ``logits = cam`` from one trunk run on the unpadded image, whatever ``trunk_mode`` says.
+``walk=False`` in a call skips the walk of an A-LCFCN model (``train.walk_warmup_steps``).
+
+Trunks whose taps are not all at stride 8 (EfficientNet-Lite without dilation: strides 8, 16, 32)
+declare ``input_multiple`` (32): their input is zero-padded bottom/right to it (with the affinity
+branch, to a multiple of 8 as well), and the heads resample the taps onto the stride-8 grid of the
+padded input (``heads.align``). For the trunks of the reference (``input_multiple`` 1) nothing
+changes.
+
+Frozen-trunk feature cache: in every mode but ``two_pass`` with affinity, the trunk runs once, on
+``trunk_input(images)``; ``from_taps(taps, size)`` computes everything after it. So
+``model(images) == model.from_taps(trunk(trunk_input(images)), images.shape[1:3])`` (the trunk in
+eval mode), which is what training on cached taps relies on (``alcfcn_jax.data.tap_cache``).
 
 Mixed precision: with ``dtype=bfloat16`` the parameters stay float32 and the trunk and heads compute
 in bfloat16; activation logits, affinity features, the random walk and all outputs are float32.
@@ -24,27 +36,33 @@ in bfloat16; activation logits, affinity features, the random walk and all outpu
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from alcfcn_jax.models.heads import ActivationHead, AffinityHead
+from alcfcn_jax.models.heads import ActivationHead, AffinityHead, DecoderHead
 from alcfcn_jax.ops import random_walk
 from alcfcn_jax.ops.resize import pad_to_multiple, resize_bilinear
 
 TrunkMode = Literal["two_pass", "single_pass"]
+CAM_HEADS = ("fc8", "decoder")
 _STRIDE = 8
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 class ALCFCN(nnx.Module):
     """A-LCFCN segmentation model (or the LCFCN baseline with ``with_affinity=False``).
 
     Args:
-      trunk: a stride-8 trunk module: ``trunk(x, *, train) -> {"conv4", "conv5", "conv6"}`` with a
+      trunk: a trunk module: ``trunk(x, *, train) -> {"conv4", "conv5", "conv6"}`` with a
         ``tap_channels`` attribute, a (conv4, conv5, conv6) tuple or a mapping with those keys
-        (ResNet38d, EfficientNetLite0Trunk, TinyTrunk).
+        (ResNet38d, EfficientNetLite0Trunk, TinyTrunk), and optionally ``input_multiple``.
       n_classes: output classes (2: background, fish).
       with_affinity: build the affinity branch and refine the logits by the random walk.
       trunk_mode: ``"two_pass"`` (reference) or ``"single_pass"``; see the module docstring.
@@ -53,6 +71,9 @@ class ALCFCN(nnx.Module):
       radius: neighbourhood radius of the affinity graph (reduced on small maps by ``refine``).
       rw_method: ``"dense"``, ``"sparse"`` or ``"auto"`` random-walk implementation.
       affinity_widths: f8_3/f8_4/f8_5 widths (reference 64/128/256 -> 448 features).
+      cam_head: ``"fc8"`` (reference: dropout + 1x1 on conv6) or ``"decoder"``
+        (:class:`~alcfcn_jax.models.heads.DecoderHead` over all three taps).
+      decoder_width: channels of the decoder head.
       dtype: compute dtype of trunk and heads (float32 or bfloat16).
       rngs: ``params`` and ``dropout`` streams.
     """
@@ -69,6 +90,8 @@ class ALCFCN(nnx.Module):
         radius: int = 5,
         rw_method: str = "dense",
         affinity_widths: tuple[int, int, int] = (64, 128, 256),
+        cam_head: str = "fc8",
+        decoder_width: int = 96,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -76,6 +99,8 @@ class ALCFCN(nnx.Module):
             raise ValueError(f"trunk_mode must be 'two_pass' or 'single_pass', got {trunk_mode!r}")
         if rw_method not in ("dense", "sparse", "auto"):
             raise ValueError(f"rw_method must be 'dense', 'sparse' or 'auto', got {rw_method!r}")
+        if cam_head not in CAM_HEADS:
+            raise ValueError(f"cam_head must be one of {CAM_HEADS}, got {cam_head!r}")
         if n_classes < 1:
             raise ValueError(f"n_classes must be >= 1, got {n_classes}")
         tap_channels = getattr(trunk, "tap_channels", ())
@@ -96,12 +121,75 @@ class ALCFCN(nnx.Module):
         self.rw_method = rw_method
         self.dtype = dtype
         self.trunk = trunk
-        self.cam_head = ActivationHead(tap_channels[2], n_classes, dtype=dtype, rngs=rngs)
+        # The trunk's own input multiple (1 for stride-8 trunks); the single trunk pass pads to
+        # a multiple of 8 too when the affinity branch is on (the reference pads for it).
+        self.trunk_multiple = int(getattr(trunk, "input_multiple", 1) or 1)
+        self.input_multiple = (
+            math.lcm(_STRIDE, self.trunk_multiple) if with_affinity else self.trunk_multiple
+        )
+        if cam_head == "fc8":
+            self.cam_head = ActivationHead(tap_channels[2], n_classes, dtype=dtype, rngs=rngs)
+        else:
+            self.cam_head = DecoderHead(
+                tap_channels, n_classes, width=decoder_width, dtype=dtype, rngs=rngs
+            )
         if with_affinity:
             self.aff_head = AffinityHead(tap_channels, affinity_widths, dtype=dtype, rngs=rngs)
 
-    def _cam_logits(self, taps: dict[str, jax.Array], *, train: bool) -> jax.Array:
-        return self.cam_head(taps["conv6"], train=train)
+    @property
+    def cacheable(self) -> bool:
+        """True when one trunk pass on ``trunk_input(images)`` feeds both branches."""
+        return not (self.with_affinity and self.trunk_mode == "two_pass")
+
+    def trunk_input(self, images: jax.Array) -> jax.Array:
+        """The (padded) input of the single trunk pass, in the compute dtype."""
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be (B, H, W, 3), got shape {images.shape}")
+        return pad_to_multiple(images.astype(self.dtype), self.input_multiple)
+
+    def _cam(self, taps, padded: tuple[int, int], size: tuple[int, int], *, train: bool):
+        """Activation logits at ``size`` from the taps of a trunk run on a ``padded`` input."""
+        grid = (_ceil_div(padded[0], _STRIDE), _ceil_div(padded[1], _STRIDE))
+        head_input = taps if isinstance(self.cam_head, DecoderHead) else taps["conv6"]
+        cam8 = self.cam_head(head_input, train=train, grid=grid)
+        h, w = size
+        return resize_bilinear(cam8, padded, align_corners=True)[:, :h, :w]
+
+    def _aff(self, taps, padded: tuple[int, int], size: tuple[int, int]) -> jax.Array:
+        """Affinity features on the ceil(size/8) grid from the taps of a ``padded`` input."""
+        grid = (padded[0] // _STRIDE, padded[1] // _STRIDE)
+        aff = self.aff_head(taps, grid=grid).astype(jnp.float32)
+        return aff[:, : _ceil_div(size[0], _STRIDE), : _ceil_div(size[1], _STRIDE)]
+
+    def from_taps(
+        self,
+        taps: dict[str, jax.Array],
+        size: tuple[int, int],
+        *,
+        train: bool = False,
+        return_aux: bool = False,
+        walk: bool = True,
+    ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+        """Everything after the trunk: ``model(x) == from_taps(trunk(trunk_input(x)), size)``.
+
+        Args:
+          taps: the trunk's ``{"conv4", "conv5", "conv6"}`` on ``trunk_input(images)``.
+          size: (H, W) of the images.
+          train, return_aux, walk: as in ``__call__``.
+        """
+        if not self.cacheable:
+            raise ValueError(
+                "trunk_mode='two_pass' with the affinity branch runs the trunk twice on different "
+                "inputs; use trunk_mode='single_pass' to run the heads on precomputed taps"
+            )
+        h, w = (int(v) for v in size)
+        padded = (
+            _ceil_div(h, self.input_multiple) * self.input_multiple,
+            _ceil_div(w, self.input_multiple) * self.input_multiple,
+        )
+        cam = self._cam(taps, padded, (h, w), train=train)
+        aff = self._aff(taps, padded, (h, w)) if self.with_affinity else None
+        return self._finish(cam, aff, return_aux=return_aux, walk=walk)
 
     def features(
         self, images: jax.Array, *, train: bool = False
@@ -115,45 +203,26 @@ class ALCFCN(nnx.Module):
         Returns:
           ``(cam (B,H,W,n_classes) float32, aff_feats (B,ceil(H/8),ceil(W/8),F) float32 or None)``.
         """
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be (B, H, W, 3), got shape {images.shape}")
-        h, w = images.shape[1:3]
-        x = images.astype(self.dtype)
-        if not self.with_affinity:
-            cam8 = self._cam_logits(self.trunk(x, train=train), train=train)
-            return resize_bilinear(cam8, (h, w), align_corners=True), None
-        x_pad = pad_to_multiple(x, _STRIDE)
-        if self.trunk_mode == "two_pass":
+        x = self.trunk_input(images)
+        size = tuple(images.shape[1:3])
+        padded = tuple(x.shape[1:3])
+        if self.cacheable:
             taps = self.trunk(x, train=train)
-            cam8 = self._cam_logits(taps, train=train)
-            cam = resize_bilinear(cam8, (h, w), align_corners=True)
-            # Without padding and without dropout the second run would repeat the first exactly.
-            if train or x_pad.shape != x.shape:
-                taps = self.trunk(x_pad, train=train)
-        else:
-            taps = self.trunk(x_pad, train=train)
-            cam8 = self._cam_logits(taps, train=train)
-            hp, wp = x_pad.shape[1:3]
-            cam = resize_bilinear(cam8, (hp, wp), align_corners=True)[:, :h, :w]
-        aff = self.aff_head(taps).astype(jnp.float32)
-        return cam, aff
+            cam = self._cam(taps, padded, size, train=train)
+            return cam, (self._aff(taps, padded, size) if self.with_affinity else None)
+        # two_pass: the activation branch sees the image padded only as far as the trunk needs
+        # (unpadded for the reference's trunks), the affinity branch a second run on ``x``.
+        x_cam = pad_to_multiple(images.astype(self.dtype), self.trunk_multiple)
+        taps = self.trunk(x_cam, train=train)
+        cam = self._cam(taps, tuple(x_cam.shape[1:3]), size, train=train)
+        # Without padding and without dropout the second run would repeat the first exactly.
+        if train or x.shape != x_cam.shape:
+            taps = self.trunk(x, train=train)
+        return cam, self._aff(taps, padded, size)
 
-    def __call__(
-        self, images: jax.Array, *, train: bool = False, return_aux: bool = False
-    ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
-        """Segments a batch.
-
-        Args:
-          images: (B, H, W, 3) ImageNet-normalised images, any H, W.
-          train: enables dropout (BatchNorm is always frozen).
-          return_aux: also return ``{"cam": raw activation logits, "aff_feats": ...}``.
-
-        Returns:
-          logits (B, H, W, n_classes) float32, or ``(logits, aux)``.
-        """
-        cam, aff = self.features(images, train=train)
+    def _finish(self, cam, aff, *, return_aux: bool, walk: bool):
         aux: dict[str, jax.Array] = {"cam": cam}
-        if aff is None:
+        if aff is None or not walk:
             logits = cam
         else:
             logits = random_walk.refine(
@@ -164,7 +233,30 @@ class ALCFCN(nnx.Module):
                 radius=self.radius,
                 method=self.rw_method,
             )
+        if aff is not None:
             aux["aff_feats"] = aff
         if return_aux:
             return logits, aux
         return logits
+
+    def __call__(
+        self,
+        images: jax.Array,
+        *,
+        train: bool = False,
+        return_aux: bool = False,
+        walk: bool = True,
+    ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+        """Segments a batch.
+
+        Args:
+          images: (B, H, W, 3) ImageNet-normalised images, any H, W.
+          train: enables dropout (BatchNorm is always frozen).
+          return_aux: also return ``{"cam": raw activation logits, "aff_feats": ...}``.
+          walk: refine by the random walk (A-LCFCN); ``False`` returns the activation logits.
+
+        Returns:
+          logits (B, H, W, n_classes) float32, or ``(logits, aux)``.
+        """
+        cam, aff = self.features(images, train=train)
+        return self._finish(cam, aff, return_aux=return_aux, walk=walk)

@@ -8,8 +8,10 @@ the resampling itself is a static gather plus a linear blend along each spatial 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -47,18 +49,52 @@ def _linear_taps(
     return i0, i1, lam
 
 
-def _resize_axis(x: jnp.ndarray, axis: int, out_size: int, align_corners: bool) -> jnp.ndarray:
-    in_size = x.shape[axis]
-    if in_size == out_size:
-        # Both torch conventions map every output pixel exactly onto its source pixel here.
-        return x
-    i0, i1, lam = _linear_taps(in_size, out_size, align_corners)
+def _blend(x: jnp.ndarray, axis: int, out_size: int, align_corners: bool) -> jnp.ndarray:
+    i0, i1, lam = _linear_taps(x.shape[axis], out_size, align_corners)
     shape = [1] * x.ndim
     shape[axis] = out_size
     lam_b = jnp.asarray(lam.reshape(shape), dtype=x.dtype)
     x0 = jnp.take(x, jnp.asarray(i0), axis=axis)
     x1 = jnp.take(x, jnp.asarray(i1), axis=axis)
     return x0 * (1 - lam_b) + x1 * lam_b
+
+
+def _interpolation_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
+    """(out, in) float32 matrix of the 1-D resampling: two weights per row, summing to 1."""
+    i0, i1, lam = _linear_taps(in_size, out_size, align_corners)
+    m = np.zeros((out_size, in_size), np.float32)
+    rows = np.arange(out_size)
+    np.add.at(m, (rows, i0), 1.0 - lam)
+    np.add.at(m, (rows, i1), lam)
+    return m
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _resize_axis_vjp(x, axis, out_size, align_corners):
+    return _blend(x, axis, out_size, align_corners)
+
+
+def _resize_fwd(x, axis, out_size, align_corners):
+    return _blend(x, axis, out_size, align_corners), x.shape[axis]
+
+
+def _resize_bwd(axis, out_size, align_corners, in_size, g):
+    # The transpose of the gathers is a scatter-add, serial and slow on XLA:CPU. The same sums
+    # as one product with the (out, in) interpolation matrix are about 3x faster there (the
+    # 38x68 -> 304x541 upsampling of a batch of 8 logits: 0.09 s -> 0.03 s forward + backward).
+    mat = jnp.asarray(_interpolation_matrix(int(in_size), out_size, align_corners), g.dtype)
+    out = jnp.matmul(jnp.moveaxis(g, axis, -1), mat, precision=jax.lax.Precision.HIGHEST)
+    return (jnp.moveaxis(out, -1, axis),)
+
+
+_resize_axis_vjp.defvjp(_resize_fwd, _resize_bwd)
+
+
+def _resize_axis(x: jnp.ndarray, axis: int, out_size: int, align_corners: bool) -> jnp.ndarray:
+    if x.shape[axis] == out_size:
+        # Both torch conventions map every output pixel exactly onto its source pixel here.
+        return x
+    return _resize_axis_vjp(x, axis, out_size, align_corners)
 
 
 def resize_bilinear(x: jnp.ndarray, size: Sequence[int], *, align_corners: bool) -> jnp.ndarray:

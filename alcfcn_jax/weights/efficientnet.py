@@ -21,6 +21,7 @@ import os
 import numpy as np
 
 from alcfcn_jax.models.efficientnet_lite import (
+    LITE0_STAGES,
     EfficientNetLite0Classifier,
     EfficientNetLite0Trunk,
 )
@@ -109,9 +110,20 @@ def trunk_mapping(
             CONV_OIHW_TO_HWIO,
         )
         mapping.update(_bn_entries(f"{src}._bn2", (*dst, "bn2")))
-    mapping["_conv_head.weight"] = ((*p, "conv_head", "kernel"), CONV_OIHW_TO_HWIO)
-    mapping.update(_bn_entries("_bn1", (*p, "bn1")))
+    if getattr(trunk, "has_head", True):
+        mapping["_conv_head.weight"] = ((*p, "conv_head", "kernel"), CONV_OIHW_TO_HWIO)
+        mapping.update(_bn_entries("_bn1", (*p, "bn1")))
     return mapping
+
+
+def _beyond_trunk(trunk: EfficientNetLite0Trunk, name: str) -> bool:
+    """True for checkpoint entries of the blocks and head a truncated trunk leaves out (its
+    deepest tap comes before them)."""
+    if name.startswith("_blocks."):
+        index = name.split(".")[1]
+        full = sum(stage[0] for stage in LITE0_STAGES)
+        return index.isdigit() and len(trunk.blocks) <= int(index) < full
+    return not trunk.has_head and name.split(".")[0] in ("_conv_head", "_bn1")
 
 
 def _is_bookkeeping(name: str) -> bool:
@@ -149,7 +161,8 @@ def load_efficientnet_lite0(
     """Imports the Lite0 ImageNet weights into a trunk (or a classifier, including ``fc``).
 
     Every trunk weight must be present with the right shape; for a trunk the checkpoint's
-    ``_fc.weight``/``_fc.bias`` are ignored explicitly, for a classifier they fill ``fc``.
+    ``_fc.weight``/``_fc.bias`` (and the blocks and head past a truncated trunk's deepest tap)
+    are ignored explicitly, for a classifier they fill ``fc``.
     Any other unused key, missing key or shape mismatch raises one error listing all of them.
 
     Args:
@@ -178,7 +191,7 @@ def load_efficientnet_lite0(
     elif isinstance(model, EfficientNetLite0Trunk):
         mapping = trunk_mapping(model)
         fc = {"_fc.weight", "_fc.bias"}
-        ignore = lambda name: _is_bookkeeping(name) or name in fc
+        ignore = lambda name: _is_bookkeeping(name) or name in fc or _beyond_trunk(model, name)
         _check_format(model, PREPROCESSING["name"])
     else:
         raise WeightImportError(
