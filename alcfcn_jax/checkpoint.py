@@ -469,3 +469,28 @@ def restore_for_inference(
     finally:
         ckpt.close()
     return nnx.merge(graphdef, model_state), step, meta
+
+
+def recorded_preprocessing(meta: dict[str, Any] | None, config: Any) -> Any:
+    """The preprocessing a checkpoint was trained with (its metadata), else the config's.
+
+    Checkpoints record it (``meta["preprocessing"]``); older ones only their config, whose data
+    block says the same. A config that disagrees is overruled, with a warning.
+    """
+    from alcfcn_jax.data import preprocess as pp
+
+    given = pp.Preprocessing.from_data_config(config.data)
+    meta = meta or {}
+    if "preprocessing" in meta:
+        recorded = pp.Preprocessing.from_dict(meta["preprocessing"])
+    elif "data" in (meta.get("config") or {}):
+        recorded = pp.Preprocessing.from_data_config(meta["config"]["data"])
+    else:
+        return given
+    if recorded != given:
+        logging.warning(
+            "The checkpoint was trained with %s; the config says %s: using the checkpoint's",
+            recorded,
+            given,
+        )
+    return recorded

@@ -275,12 +275,15 @@ def run_evaluation(
     from alcfcn_jax import checkpoint, evaluation
     from alcfcn_jax import sharding as shd
     from alcfcn_jax.data import get_source
+    from alcfcn_jax.data.config import with_preprocessing
     from alcfcn_jax.data.pipeline import eval_batches_from_config
 
     workdir = pathlib.Path(workdir)
     model, step, ckpt_meta = checkpoint.restore_for_inference(config, str(workdir), which)
-    split_name = resolve_split(config.data, split)
-    source = get_source(config.data, split_name)
+    # Images are prepared exactly as in the checkpoint's training run.
+    data_cfg = with_preprocessing(config.data, checkpoint.recorded_preprocessing(ckpt_meta, config))
+    split_name = resolve_split(data_cfg, split)
+    source = get_source(data_cfg, split_name)
     if len(source) == 0:
         raise ValueError(f"split {split!r} ({split_name!r}) of {config.data.dataset!r} is empty")
     boxes = "boxes" in source[0]
@@ -288,7 +291,7 @@ def run_evaluation(
     global_bs = int(config.train.eval_batch_size) or mesh.devices.size  # 0 = one per device
     per_process = max(1, global_bs // jax.process_count())
     batches = eval_batches_from_config(
-        config.data,
+        data_cfg,
         source,
         batch_size=per_process,
         process_index=jax.process_index(),

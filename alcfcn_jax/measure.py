@@ -215,16 +215,35 @@ def _feret(ys: np.ndarray, xs: np.ndarray, sy: float, sx: float) -> float:
 FRAMES = ("px", "orig")
 
 
+def _shifted(m: FishMeasurement, top: float, left: float) -> FishMeasurement:
+    """``m`` with every position moved by (top, left); sizes and angles unchanged."""
+    x0, y0, x1, y1 = m.bbox
+    xa, ya, xb, yb = m.length_line
+    return dataclasses.replace(
+        m,
+        centroid_x=m.centroid_x + left,
+        centroid_y=m.centroid_y + top,
+        bbox=(x0 + left, y0 + top, x1 + left, y1 + top),
+        length_line=(xa + left, ya + top, xb + left, yb + top),
+    )
+
+
 def measure_fish(
-    labels: np.ndarray, prob: np.ndarray, *, original_size: tuple[int, int] | None = None
+    labels: np.ndarray,
+    prob: np.ndarray,
+    *,
+    original_size: tuple[int, int] | None = None,
+    origin: tuple[float, float] = (0.0, 0.0),
 ) -> list[dict[str, float | int]]:
     """One row of measurements per instance, in the map's and the original image's pixels.
 
     Args:
       labels: (H,W) instance labels from :func:`instance_labels`.
       prob: (H,W) fish probability (for the mean probability of each fish).
-      original_size: (height, width) of the original image the map was resized from; ``None``
-        means the map is at the original size.
+      original_size: (height, width) of the original image region the map was resized from;
+        ``None`` means the map is at the original size.
+      origin: (top, left) of that region in the original image (letterbox bars cropped off
+        before resizing); added to every ``_orig`` position.
 
     Returns:
       A list ordered by instance number with keys ``fish`` (1-based index), ``mean_prob``, and
@@ -255,6 +274,8 @@ def measure_fish(
         row: dict[str, float | int] = {"fish": k, "mean_prob": float(prob[ys, xs].mean())}
         for frame, (sy, sx) in scales.items():
             m = _measure_one(ys, xs, sy, sx)
+            if frame == "orig" and origin != (0.0, 0.0):
+                m = _shifted(m, *origin)
             row[f"area_{frame}"] = m.area
             row[f"length_{frame}"] = m.length
             row[f"width_{frame}"] = m.width

@@ -6,7 +6,8 @@ Usage::
         --input_dir=photos/ --output_dir=out/ [--checkpoint=best] [--threshold=0.5]
 
 Each image (any size, JPEG / PNG / BMP / TIFF / WebP, subfolders with ``--recursive``) is
-preprocessed exactly as the config's data pipeline does (short side resized to
+preprocessed exactly as the checkpoint's training run did (``data.Preprocessing`` recorded with
+the checkpoint: letterbox bars cropped or masked, short side resized to
 ``data.image_short_side`` with PIL bilinear, ImageNet normalisation), the checkpoint's refined
 fish probability is computed, fish instances are separated and measured (``alcfcn_jax.measure``:
 blobs of ``prob > threshold`` split by a distance-transform watershed where two fish touch), and
@@ -100,11 +101,13 @@ def list_images(input_dir: str | os.PathLike, *, recursive: bool = False) -> lis
     return files
 
 
-def preprocess(path: str | os.PathLike, short_side: int | None) -> tuple[np.ndarray, np.ndarray]:
+def preprocess(
+    path: str | os.PathLike, preprocessing: pp.Preprocessing
+) -> tuple[np.ndarray, pp.PreparedImage]:
     """Reads an image as the data pipeline does.
 
     Returns:
-      (original uint8 (H,W,3), normalised float32 (h,w,3) at the model's input size).
+      (original uint8 (H,W,3), the prepared model input with its region of the original).
 
     Raises:
       DataError: the file cannot be read or decoded (the message names it).
@@ -112,9 +115,17 @@ def preprocess(path: str | os.PathLike, short_side: int | None) -> tuple[np.ndar
     img = pp.load_image(pathlib.Path(path))
     if img.width < 1 or img.height < 1:
         raise DataError(f"{path}: image has no pixels")
-    original = np.asarray(img, np.uint8)
-    resized = np.asarray(pp.resize_image(img, short_side), np.uint8)
-    return original, pp.normalize(resized)
+    return np.asarray(img, np.uint8), preprocessing.apply(img)
+
+
+def _to_original(
+    labels: np.ndarray, prepared: pp.PreparedImage, size: tuple[int, int]
+) -> np.ndarray:
+    """Model-input instance labels as a map of the original (H, W) image (0 outside the region)."""
+    top, bottom, left, right = prepared.region
+    full = np.zeros(size, np.int32)
+    full[top:bottom, left:right] = _upsample_labels(labels, (bottom - top, right - left))
+    return full
 
 
 def _fish_prob_fn(model: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -188,7 +199,8 @@ def predict_folder(
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
     *,
-    short_side: int | None,
+    preprocessing: pp.Preprocessing | None = None,
+    short_side: int | None = None,
     threshold: float = 0.5,
     split: bool = True,
     split_h: float = 2.0,
@@ -205,7 +217,8 @@ def predict_folder(
         ``checkpoint.restore_for_inference``.
       input_dir: folder of images.
       output_dir: where the CSVs, masks and overlays go (created).
-      short_side: the config's ``data.image_short_side`` (None keeps the image size).
+      preprocessing: how images become model inputs (``recorded_preprocessing``); None:
+        resize the short side to ``short_side`` (None keeps the size), no letterbox handling.
       threshold: fish probability threshold (0.5 = argmax of two classes).
       split: split touching fish (watershed); ``split_h`` / ``min_area``: see ``measure``.
       overlays: write overlay PNGs.
@@ -225,6 +238,7 @@ def predict_folder(
     out = pathlib.Path(output_dir).expanduser()
     files = list_images(root, recursive=recursive)
     out.mkdir(parents=True, exist_ok=True)
+    prep = preprocessing or pp.Preprocessing(short_side, "none")
     prob_fn = _fish_prob_fn(model)
     fish_rows: list[dict[str, Any]] = []
     image_rows: list[dict[str, Any]] = []
@@ -233,18 +247,24 @@ def predict_folder(
     for path in files:
         name = _out_name(path, root)
         try:
-            original, image = preprocess(path, short_side)
+            original, prepared = preprocess(path, prep)
         except DataError as err:
             if not skip_unreadable:
                 raise DataError(f"{err} (use --skip_unreadable to skip such files)") from err
             logging.warning("skipping unreadable image: %s", err)
             skipped.append(str(err))
             continue
+        image = prepared.image
         prob = prob_fn(image)
+        if prepared.valid is not None:  # letterbox bars kept but masked: never fish
+            prob = np.where(prepared.valid, prob, 0.0)
         labels = measure.instance_labels(
             prob, threshold=threshold, split=split, split_h=split_h, min_area=min_area
         )
-        rows = measure.measure_fish(labels, prob, original_size=original.shape[:2])
+        top, bottom, left, right = prepared.region
+        rows = measure.measure_fish(
+            labels, prob, original_size=(bottom - top, right - left), origin=(top, left)
+        )
         blob_count = int(metrics.count_blobs(prob > threshold))
         for r in rows:
             fish_rows.append({"image": str(name.with_suffix(path.suffix)), **r})
@@ -263,7 +283,7 @@ def predict_folder(
                 ),
             }
         )
-        full_labels = _upsample_labels(labels, original.shape[:2])
+        full_labels = _to_original(labels, prepared, original.shape[:2])
         if full_labels.max() > 65535:
             raise ValueError(f"{path}: more than 65535 fish cannot be stored in a 16-bit PNG")
         viz.save_png_atomic(
@@ -281,7 +301,7 @@ def predict_folder(
         "num_images": len(image_rows),
         "num_fish": len(fish_rows),
         "settings": {
-            "short_side": short_side,
+            **prep.to_dict(),
             "threshold": threshold,
             "split": split,
             "split_h": split_h,
@@ -312,17 +332,16 @@ def main(argv: Sequence[str]) -> None:
     from absl import flags, logging
 
     from alcfcn_jax import checkpoint
-    from alcfcn_jax.data.config import field
 
     f = flags.FLAGS
     config = f.config
     which = _parse_which(f.checkpoint)
-    model, step, _ = checkpoint.restore_for_inference(config, f.workdir, which)
+    model, step, meta = checkpoint.restore_for_inference(config, f.workdir, which)
     summary = predict_folder(
         model,
         f.input_dir,
         f.output_dir,
-        short_side=field(config.data, "image_short_side"),
+        preprocessing=checkpoint.recorded_preprocessing(meta, config),
         threshold=f.threshold,
         split=f.split_touching,
         split_h=f.split_h,

@@ -27,6 +27,9 @@ from alcfcn_jax.data.config import field
 from alcfcn_jax.data.errors import BadExamples, DataError
 from alcfcn_jax.data.source import MappedSource
 
+# Re-exported: the letterbox detector lives with the rest of the preprocessing.
+detect_letterbox = pp.detect_letterbox
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _ROBOFLOW = re.compile(r"_(jpg|jpeg|png)\.rf\.[0-9a-f]+$")
 
@@ -40,33 +43,6 @@ def in_val(stem: str, val_percent: float) -> bool:
     """The fixed split rule: md5 of the frame name, mod 100, below ``val_percent``."""
     h = int(hashlib.md5(frame_id(stem).encode()).hexdigest()[:8], 16) % 100
     return h < val_percent
-
-
-def detect_letterbox(
-    img: np.ndarray, dark: float = 24.0, peak: float = 64.0
-) -> tuple[int, int, int, int]:
-    """Picture region (top, bottom, left, right; end-exclusive) inside black bars.
-
-    A border row (column) belongs to a bar while its mean is below ``dark`` and its maximum
-    below ``peak`` (over pixels and channels); the half-bar rows that resizing and JPEG leave
-    at the edge of the picture count as bar. If less than a quarter of the image would remain
-    (a very dark frame, not bars) nothing is cropped.
-    """
-    a = img.astype(np.float32)
-
-    def extent(axis: int) -> tuple[int, int]:
-        other = tuple(i for i in range(3) if i != axis)
-        is_bar = (a.mean(axis=other) < dark) & (a.max(axis=other) < peak)
-        n = is_bar.size
-        start = int(np.argmin(is_bar)) if not is_bar.all() else n
-        end = n - int(np.argmin(is_bar[::-1])) if not is_bar.all() else 0
-        if end - start < n / 4:
-            return 0, n
-        return start, end
-
-    top, bottom = extent(0)
-    left, right = extent(1)
-    return top, bottom, left, right
 
 
 def read_yolo(path: pathlib.Path) -> np.ndarray:
@@ -126,38 +102,25 @@ def load_example(
 ) -> dict[str, Any]:
     """One example from an image and its normalised YOLO boxes (see module doc)."""
     img = pp.load_image(img_path)
-    arr = np.asarray(img)
-    H, W = arr.shape[:2]
-    # Boxes in stored-image pixels (continuous coordinates, pixel i covers [i, i+1)).
-    cx, cy = boxes_norm[:, 0] * W, boxes_norm[:, 1] * H
+    H, W = img.height, img.width
+    prepared = pp.Preprocessing(short_side, letterbox).apply(img)
+    top, bottom, left, right = prepared.region
+    # Boxes in stored-image pixels (continuous coordinates, pixel i covers [i, i+1)), then in
+    # the picture region.
+    cx, cy = boxes_norm[:, 0] * W - left, boxes_norm[:, 1] * H - top
     bw, bh = boxes_norm[:, 2] * W, boxes_norm[:, 3] * H
     boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
-    top, bottom, left, right = (0, H, 0, W)
-    if letterbox in ("crop", "mask"):
-        top, bottom, left, right = detect_letterbox(arr)
-    elif letterbox != "none":
-        raise DataError(f"data.letterbox must be 'crop', 'mask' or 'none', got {letterbox!r}")
-    valid = None
+    H, W = bottom - top, right - left
     if letterbox == "crop":
-        img = img.crop((left, top, right, bottom))
-        boxes = boxes - np.array([left, top, left, top], np.float64)
-        cx, cy = cx - left, cy - top
-        H, W = bottom - top, right - left
-        # A box reaching into a bar keeps only its picture part; its centre moves inside.
+        # A box reaching into a bar keeps only its picture part.
         boxes = np.clip(boxes, 0, [W, H, W, H])
-    elif letterbox == "mask":
-        valid = np.zeros((H, W), bool)
-        valid[top:bottom, left:right] = True
-    out = pp.resize_image(img, short_side)
-    h, w = out.height, out.width
-    sy, sx = h / H, w / W
+    h, w = prepared.image.shape[:2]
+    sy, sx = prepared.scale
     boxes = (boxes * np.array([sx, sy, sx, sy])).astype(np.float32)
     ys = np.clip(np.floor(np.clip(cy, 0, H - 1e-6) * sy), 0, h - 1).astype(np.int64)
     xs = np.clip(np.floor(np.clip(cx, 0, W - 1e-6) * sx), 0, w - 1).astype(np.int64)
-    if letterbox == "crop":
-        ys = np.clip(ys, 0, h - 1)
     ex = {
-        "image": pp.normalize(np.asarray(out, np.uint8)),
+        "image": prepared.image,
         "points": pp.point_map((h, w), np.stack([ys, xs], 1).astype(np.int32)),
         "mask": np.full((h, w), pp.IGNORE, np.int32),
         "count": np.int32(len(boxes_norm)),
@@ -165,9 +128,8 @@ def load_example(
         "id": frame_id(img_path.stem),
         "boxes": boxes.reshape(-1, 4),
     }
-    if valid is not None:
-        valid = pp.resize_nearest(valid.astype(np.uint8), (h, w)).astype(bool)
-        ex["pad"] = valid
+    if prepared.valid is not None:
+        ex["pad"] = prepared.valid
     return ex
 
 
@@ -221,4 +183,6 @@ def box_source(data_cfg: Any, root: str | pathlib.Path, split: str) -> MappedSou
         items,
         lambda it: load_example(it[0], it[1], short_side=short, letterbox=letterbox),
         f"boxes[{split}] {folder}",
+        fingerprint=lambda it: hashlib.sha256(it[0].read_bytes()).hexdigest(),
+        settings={"reader": "boxes", **pp.Preprocessing(short, letterbox).to_dict()},
     )

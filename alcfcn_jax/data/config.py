@@ -120,3 +120,13 @@ def field(cfg: Any, name: str) -> Any:
     if name not in d:
         raise AttributeError(f"data config has no field {name!r} (dataset {ds!r})")
     return d[name]
+
+
+def with_preprocessing(cfg: Any, preprocessing: Any) -> ml_collections.ConfigDict:
+    """A copy of a data config whose preprocessing fields say ``preprocessing``
+    (``data.preprocess.Preprocessing``): what a checkpoint was trained with."""
+    out = ml_collections.ConfigDict(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg))
+    out.image_short_side = preprocessing.short_side
+    if "letterbox" in out:
+        out.letterbox = preprocessing.letterbox
+    return out

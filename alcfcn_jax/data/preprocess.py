@@ -8,8 +8,11 @@ point per 8-connected mask blob at the int-truncated centroid.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import pathlib
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -18,6 +21,7 @@ from PIL import Image
 
 from alcfcn_jax.data.errors import DataError
 
+LETTERBOX_MODES = ("crop", "mask", "none")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 IGNORE = 255
@@ -197,3 +201,114 @@ def habitat_of(image_id: str) -> str:
     """DeepFish habitat code of an ID (``valid/7117_Lutjanus_..`` -> ``"7117"``)."""
     name = image_id.split("/")[-1]
     return name.split("_")[0]
+
+
+def detect_letterbox(
+    img: np.ndarray, dark: float = 24.0, peak: float = 64.0
+) -> tuple[int, int, int, int]:
+    """Picture region (top, bottom, left, right; end-exclusive) inside black bars.
+
+    A border row (column) belongs to a bar while its mean is below ``dark`` and its maximum
+    below ``peak`` (over pixels and channels); the half-bar rows that resizing and JPEG leave
+    at the edge of the picture count as bar. If less than a quarter of the image would remain
+    (a very dark frame, not bars) nothing is cropped.
+    """
+    a = img.astype(np.float32)
+
+    def extent(axis: int) -> tuple[int, int]:
+        other = tuple(i for i in range(3) if i != axis)
+        is_bar = (a.mean(axis=other) < dark) & (a.max(axis=other) < peak)
+        n = is_bar.size
+        start = int(np.argmin(is_bar)) if not is_bar.all() else n
+        end = n - int(np.argmin(is_bar[::-1])) if not is_bar.all() else 0
+        if end - start < n / 4:
+            return 0, n
+        return start, end
+
+    top, bottom = extent(0)
+    left, right = extent(1)
+    return top, bottom, left, right
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How a stored image becomes the model's input; one definition for training, evaluation,
+    pseudo masks and ``predict`` (recorded with every checkpoint).
+
+    ``letterbox``: "crop" (detect black bars and cut them off), "mask" (keep them, mark them
+    invalid) or "none"; then the short side is resized to ``short_side`` (None: kept), PIL
+    bilinear, and the pixels ImageNet-normalised.
+    """
+
+    short_side: int | None = None
+    letterbox: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.letterbox not in LETTERBOX_MODES:
+            raise DataError(
+                f"data.letterbox must be one of {LETTERBOX_MODES}, got {self.letterbox!r}"
+            )
+
+    @classmethod
+    def from_data_config(cls, data_cfg: Any) -> Preprocessing:
+        """The preprocessing a data config describes (datasets without ``letterbox``: none)."""
+        from alcfcn_jax.data.config import defaults
+
+        get = (
+            data_cfg.get if hasattr(data_cfg, "get") else lambda k, d=None: getattr(data_cfg, k, d)
+        )
+        dataset = get("dataset", None)
+        default = defaults(dataset) if dataset else {}
+        short = get("image_short_side", default.get("image_short_side"))
+        letterbox = get("letterbox", default.get("letterbox", "none"))
+        return cls(None if short is None else int(short), str(letterbox or "none"))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
+        short = d.get("short_side")
+        return cls(None if short is None else int(short), str(d.get("letterbox", "none")))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def apply(self, img: Image.Image) -> PreparedImage:
+        """The model input of an RGB PIL image, with the geometry to map results back."""
+        arr = np.asarray(img)
+        H, W = arr.shape[:2]
+        region = (0, H, 0, W)
+        if self.letterbox in ("crop", "mask"):
+            region = detect_letterbox(arr)
+        valid = None
+        if self.letterbox == "crop":
+            top, bottom, left, right = region
+            img = img.crop((left, top, right, bottom))
+        elif self.letterbox == "mask":
+            valid = np.zeros((H, W), bool)
+            valid[region[0] : region[1], region[2] : region[3]] = True
+            region = (0, H, 0, W)
+        out = resize_image(img, self.short_side)
+        if valid is not None:
+            valid = resize_nearest(valid.astype(np.uint8), (out.height, out.width)).astype(bool)
+        return PreparedImage(normalize(np.asarray(out, np.uint8)), region, valid)
+
+
+@dataclasses.dataclass
+class PreparedImage:
+    """A model input and where it came from.
+
+    Attributes:
+      image: (h, w, 3) float32 ImageNet-normalised.
+      region: (top, bottom, left, right) of the stored image that ``image`` shows (the part
+        inside cropped letterbox bars; the whole image otherwise).
+      valid: (h, w) bool picture pixels ("mask" letterbox mode), or None (all).
+    """
+
+    image: np.ndarray
+    region: tuple[int, int, int, int]
+    valid: np.ndarray | None = None
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """(sy, sx): model-input pixels per stored-image pixel."""
+        top, bottom, left, right = self.region
+        return self.image.shape[0] / (bottom - top), self.image.shape[1] / (right - left)
