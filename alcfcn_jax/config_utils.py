@@ -21,6 +21,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 TRUNK_MODES = ("two_pass", "single_pass")
 RW_METHODS = ("dense", "sparse", "auto")
 DTYPES = ("float32", "bfloat16")
+CAM_HEADS = ("fc8", "decoder")
 SELECT_METRICS = ("miou", "iou_fish", "mae", "rmse", "game")
 REQUIRED_SECTIONS = ("model", "loss", "data", "optim", "train")
 
@@ -82,6 +83,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _number(config, "model.beta", minimum=0.0, strict=True)
     _int(config, "model.logt", minimum=0)
     _int(config, "model.radius", minimum=1)
+    if name == "alcfcn":
+        # Optional keys (configs written before they existed build the reference heads).
+        if "cam_head" in config.model:
+            _choice(config, "model.cam_head", CAM_HEADS)
+        if "decoder_width" in config.model:
+            _int(config, "model.decoder_width", minimum=1)
+        if config.model.get("output_stride", 8) not in (8, 32):
+            raise ConfigError(
+                f"config.model.output_stride={config.model.output_stride!r} must be 8 or 32"
+            )
     loss = _choice(config, "loss.name", LOSSES)
     n_classes = config.model.n_classes
     if loss in ("lcfcn", "point_level", "cross_entropy") and n_classes < 2:
@@ -94,6 +105,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     if name == "fcn8_vgg16" and config.model.with_affinity:
         raise ConfigError("config.model.with_affinity=True is only supported for model 'alcfcn'")
+    _check_affinity_learning(config)
     _choice(config, "optim.name", OPTIMIZERS)
     _number(config, "optim.lr", minimum=0.0, strict=True)
     _number(config, "optim.weight_decay", minimum=0.0)
@@ -116,6 +128,36 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _int(config, "budget.n_background", minimum=0)
         _int(config, "budget.n_fish", minimum=0)
         _int(config, "budget.seed", minimum=0)
+
+
+def _check_affinity_learning(config: ml_collections.ConfigDict) -> None:
+    """The optional affinity-learning and walk warm-up keys (absent in older configs)."""
+    walk = config.model.name == "alcfcn" and bool(config.model.get("with_affinity", False))
+    weight = config.loss.get("affinity_weight", 0.0)
+    if weight:
+        _number(config, "loss.affinity_weight", minimum=0.0)
+        if not walk:
+            raise ConfigError(
+                "config.loss.affinity_weight > 0 trains the affinity branch: it needs model "
+                "'alcfcn' with config.model.with_affinity=True"
+            )
+        fg = _number(config, "loss.affinity_fg", minimum=0.0)
+        bg = _number(config, "loss.affinity_bg", minimum=0.0)
+        if not bg < fg <= 1.0:
+            raise ConfigError(
+                f"config.loss.affinity_bg={bg} and affinity_fg={fg} need 0 <= bg < fg <= 1"
+            )
+    if "walk_warmup_steps" in config.train:
+        warmup = _int(config, "train.walk_warmup_steps", minimum=0)
+        if warmup and not walk:
+            raise ConfigError(
+                "config.train.walk_warmup_steps > 0 needs the random walk (model 'alcfcn' with "
+                "config.model.with_affinity=True)"
+            )
+    if "feature_cache" in config.train:
+        _choice(config, "train.feature_cache", ("off", "auto", "memory", "disk"))
+        _choice(config, "train.feature_cache_dtype", ("float16", "float32"))
+        _number(config, "train.feature_cache_memory_mb", minimum=0.0)
 
 
 def resolve_batch_size(value: int, num_devices: int, key: str) -> int:

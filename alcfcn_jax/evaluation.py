@@ -103,9 +103,15 @@ def _build_forward(graphdef, return_aux: bool):
 
 def _build_eval_step(graphdef):
     @jax.jit
-    def eval_step(state, images, valid_px, labels):
-        logits = nnx.merge(graphdef, state)(images, train=False)
-        pred = prediction(upsample_logits(logits, images.shape[1:3]))
+    def eval_step(state, inputs, valid_px, labels):
+        # ``inputs``: the images, or a {name: taps} dict from the frozen-trunk feature cache.
+        model = nnx.merge(graphdef, state)
+        size = valid_px.shape[1:3]
+        if isinstance(inputs, dict):
+            logits = model.from_taps(inputs, size, train=False)
+        else:
+            logits = model(inputs, train=False)
+        pred = prediction(upsample_logits(logits, size))
         known = valid_px & (labels != IGNORE)
         # Clamp labels into {0,1} so the flat index stays in range; unknown pixels weigh zero.
         idx = pred * 2 + jnp.clip(labels, 0, 1)
@@ -154,12 +160,21 @@ def pad_rows(arr: np.ndarray, n: int, fill) -> np.ndarray:
     return np.concatenate([arr, extra], axis=0)
 
 
-def _prepare_batch(batch: Mapping[str, Any], multiple: int) -> dict[str, np.ndarray]:
-    """Numeric arrays for the jitted step, padded to a multiple of the local device count."""
-    images = np.asarray(batch["image"], np.float32)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"batch['image'] must be (B,H,W,3), got shape {images.shape}")
-    b, h, w, _ = images.shape
+def _prepare_batch(batch: Mapping[str, Any], multiple: int) -> dict[str, Any]:
+    """Numeric arrays for the jitted step, padded to a multiple of the local device count.
+
+    ``inputs`` is the (B,H,W,3) images, or ``{name: taps}`` for a batch of the feature cache
+    (``taps/<name>`` entries, no image).
+    """
+    taps = {k[5:]: np.asarray(v, np.float32) for k, v in batch.items() if k.startswith("taps/")}
+    if taps:
+        b = len(next(iter(taps.values())))
+        h, w = np.asarray(batch["points"]).shape[1:3]
+    else:
+        images = np.asarray(batch["image"], np.float32)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"batch['image'] must be (B,H,W,3), got shape {images.shape}")
+        b, h, w, _ = images.shape
     valid = np.asarray(batch.get("valid", np.ones((b,), bool)), bool).reshape(b)
     pad = batch.get("pad")
     valid_px = np.ones((b, h, w), bool) if pad is None else np.asarray(pad, bool)
@@ -171,8 +186,12 @@ def _prepare_batch(batch: Mapping[str, Any], multiple: int) -> dict[str, np.ndar
     if labels.shape != (b, h, w):
         raise ValueError(f"batch['mask'] has shape {labels.shape}, expected {(b, h, w)}")
     n_extra = (-b) % multiple
+    if taps:
+        inputs: Any = {k: pad_rows(v, n_extra, 0.0) for k, v in taps.items()}
+    else:
+        inputs = pad_rows(images, n_extra, 0.0)
     return {
-        "image": pad_rows(images, n_extra, 0.0),
+        "inputs": inputs,
         "valid_px": pad_rows(valid_px, n_extra, False),
         "labels": pad_rows(labels, n_extra, IGNORE),
         "n_real": b,
@@ -368,9 +387,9 @@ def evaluate(
 
     def dispatch(batch):
         prep = _prepare_batch(batch, multiple)
-        args = (prep["image"], prep["valid_px"], prep["labels"])
+        args = (prep["inputs"], prep["valid_px"], prep["labels"])
         if mesh is not None:
-            args = tuple(shd.to_global({"x": a}, mesh)["x"] for a in args)
+            args = tuple(jax.tree.map(lambda a: shd.to_global({"x": a}, mesh)["x"], args))
         return batch, prep, step(*args)
 
     def collect(batch, prep, out):

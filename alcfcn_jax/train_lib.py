@@ -40,13 +40,72 @@ from flax import nnx
 from alcfcn_jax import config_utils
 from alcfcn_jax import sharding as shd
 from alcfcn_jax.checkpoint import Checkpointer
+from alcfcn_jax.losses.affinity import affinity_labels, affinity_loss
 from alcfcn_jax.metric_writer import MetricWriter
 
 IGNORE = 255
 TrainState = dict[str, Any]
 # Batch entries the train step reads; everything else (ids, habitats, counts) stays on the host.
+# With the frozen-trunk feature cache, ``image`` is replaced by the trunk's taps (``taps/<name>``).
 STEP_KEYS = ("image", "points", "mask")
+TAPS_PREFIX = "taps/"
 LCFCN_TERMS = ("image", "point", "split_global", "split_local", "false_pos")
+
+
+@dataclasses.dataclass(frozen=True)
+class AffinityLoss:
+    """The affinity-learning term (``losses.affinity``) added to the per-image loss.
+
+    ``weight`` times the balanced AffinityNet loss on cell labels mined from the activation map
+    with thresholds ``fg``/``bg``, over the walk's ``radius``.
+    """
+
+    weight: float
+    fg: float
+    bg: float
+    radius: int
+
+
+def affinity_loss_from_config(config: Any) -> AffinityLoss | None:
+    """``config.loss.affinity_*`` as an :class:`AffinityLoss`, or None when the weight is 0."""
+    weight = float(config.loss.get("affinity_weight", 0.0))
+    if weight == 0.0:
+        return None
+    return AffinityLoss(
+        weight=weight,
+        fg=float(config.loss.affinity_fg),
+        bg=float(config.loss.affinity_bg),
+        radius=int(config.model.radius),
+    )
+
+
+def split_taps(batch: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``taps/<name>`` entries of a batch as ``{name: array}``, or None if it has none."""
+    taps = {k[len(TAPS_PREFIX) :]: v for k, v in batch.items() if k.startswith(TAPS_PREFIX)}
+    return taps or None
+
+
+def forward(
+    model: nnx.Module,
+    batch: Mapping[str, jax.Array],
+    *,
+    train: bool,
+    walk: bool = True,
+    return_aux: bool = False,
+):
+    """The model on a batch of images, or its heads on a batch of cached taps.
+
+    ``walk=False`` (A-LCFCN only) returns the activation logits without the random walk.
+    """
+    kwargs = {"train": train}
+    if return_aux:
+        kwargs["return_aux"] = True
+    if not walk:
+        kwargs["walk"] = False
+    taps = split_taps(batch)
+    if taps is not None:
+        return model.from_taps(taps, tuple(batch["points"].shape[1:3]), **kwargs)
+    return model(batch["image"], **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,12 +224,13 @@ def create_train_state(
 
 
 def param_counts(state: TrainState, wrt: Any = nnx.Param) -> dict[str, int]:
-    """Numbers of trainable (``nnx.Param``) and other (frozen, statistics) model values."""
+    """Numbers of trained (``wrt``: every ``nnx.Param``, less a frozen trunk's) and other
+    (frozen, statistics) model values."""
     total = sum(
         int(np.prod(x.shape)) for x in jax.tree.leaves(state["model"]) if hasattr(x, "shape")
     )
     trainable = sum(
-        int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.filter_state(state["model"], nnx.Param))
+        int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.filter_state(state["model"], wrt))
     )
     return {"trainable": trainable, "other": total - trainable}
 
@@ -243,6 +303,8 @@ def make_train_step(
     learning_rate: float,
     skip_zero_loss: bool = True,
     loss_fn: Callable[..., tuple[jax.Array, dict[str, jax.Array]]] | None = None,
+    walk: bool = True,
+    affinity: AffinityLoss | None = None,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted train step ``(state, batch) -> (state, metrics)``.
 
@@ -254,6 +316,11 @@ def make_train_step(
       learning_rate: reported in the metrics (the schedule is constant).
       skip_zero_loss: skip the update when the loss is exactly 0 (the reference does).
       loss_fn: override of :func:`per_image_loss` (tests).
+      walk: ``False`` trains the activation logits of an A-LCFCN model without the random walk
+        (the warm-up of ``train.walk_warmup_steps``).
+      affinity: adds the affinity-learning term (metric ``loss_affinity``, unweighted).
+
+    The batch holds ``image`` or the cached taps ``taps/<name>`` (see :func:`forward`).
 
     Returns:
       The step. Its metrics (replicated scalars): ``loss``, ``loss_<term>`` for LCFCN terms,
@@ -273,8 +340,18 @@ def make_train_step(
         nnx.reseed(model, dropout=jax.random.fold_in(state["rng"], step))
 
         def objective(m):
-            logits = m(batch["image"], train=True)
+            if affinity is None:
+                logits = forward(m, batch, train=True, walk=walk)
+            else:
+                logits, aux = forward(m, batch, train=True, walk=walk, return_aux=True)
             per_image, terms = compute(logits, batch)
+            if affinity is not None:
+                labels = affinity_labels(
+                    aux["cam"], batch["points"], fg=affinity.fg, bg=affinity.bg
+                )
+                aff = affinity_loss(aux["aff_feats"], labels, radius=affinity.radius)
+                per_image = per_image + affinity.weight * aff
+                terms = {**terms, "affinity": aff}
             return jnp.mean(per_image), {k: jnp.mean(v) for k, v in terms.items()}
 
         (loss, terms), grads = nnx.value_and_grad(
@@ -318,13 +395,15 @@ def make_train_step(
 
 
 def prepare_batch(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """The numeric entries the step reads; padded pixels become unlabelled (255).
+    """The numeric entries the step reads (``image`` or the cached ``taps/*``); padded pixels
+    become unlabelled (255).
 
     Padding (``pad`` False) gets ``points`` and ``mask`` 255 so no loss term sees it as a fish
     click or a labelled pixel.
     """
     out = {k: np.asarray(batch[k]) for k in STEP_KEYS if k in batch}
-    missing = [k for k in STEP_KEYS if k not in out]
+    taps = {k: np.asarray(v) for k, v in batch.items() if k.startswith(TAPS_PREFIX)}
+    missing = [k for k in STEP_KEYS if k not in out and not (k == "image" and taps)]
     if missing:
         raise KeyError(f"training batch lacks {missing}; it has {sorted(batch)}")
     pad = batch.get("pad")
@@ -332,7 +411,11 @@ def prepare_batch(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         pad = np.asarray(pad, bool)
         out["points"] = np.where(pad, out["points"], IGNORE).astype(np.int32)
         out["mask"] = np.where(pad, out["mask"], IGNORE).astype(np.int32)
-    out["image"] = out["image"].astype(np.float32)
+    if taps:
+        out.pop("image", None)
+        out.update(taps)
+    else:
+        out["image"] = out["image"].astype(np.float32)
     out["points"] = out["points"].astype(np.int32)
     out["mask"] = out["mask"].astype(np.int32)
     return out
@@ -380,13 +463,18 @@ class _Window:
 
 @dataclasses.dataclass
 class _Data:
-    """Sources, the training iterator and evaluation batching of one run."""
+    """Sources, the training iterator and evaluation batching of one run.
+
+    ``train`` is the training source (images); ``train_input`` what the iterator reads (the same,
+    or its frozen-trunk feature cache); ``val`` the validation source (images or cached taps).
+    """
 
     data_cfg: Any
     train: Any
     val: Any
     iterator: Any
     eval_batch_local: int
+    train_input: Any = None
 
     def eval_batches(self, source) -> Iterator[dict[str, np.ndarray]]:
         from alcfcn_jax.data import pipeline
@@ -402,7 +490,7 @@ class _Data:
 
 def _build_data(config: Any, *, local_batch: int, eval_batch_local: int) -> _Data:
     from alcfcn_jax.budget_source import budget_subset
-    from alcfcn_jax.data import get_source, pipeline
+    from alcfcn_jax.data import get_source
     from alcfcn_jax.pseudo_source import check_coverage, resolve_pseudo_masks
 
     data_cfg, manifest = resolve_pseudo_masks(config)
@@ -417,15 +505,43 @@ def _build_data(config: Any, *, local_batch: int, eval_batch_local: int) -> _Dat
     check_coverage(len(train), manifest, data_cfg.get("pseudo_mask_dir", ""))
     val = get_source(data_cfg, data_cfg.val_split)
     logging.info("Data: %d training and %d validation images", len(train), len(val))
-    iterator = pipeline.train_iterator_from_config(
-        data_cfg,
-        train,
+    data = _Data(data_cfg, train, val, None, eval_batch_local, train)
+    return _with_iterator(data, config, local_batch)
+
+
+def _with_iterator(data: _Data, config: Any, local_batch: int) -> _Data:
+    from alcfcn_jax.data import pipeline
+
+    data.iterator = pipeline.train_iterator_from_config(
+        data.data_cfg,
+        data.train_input,
         batch_size=local_batch,
         seed=int(config.seed),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    return _Data(data_cfg, train, val, iterator, eval_batch_local)
+    return data
+
+
+def _attach_feature_cache(
+    config: Any, graphs: Graphs, state: TrainState, data: _Data, local_batch: int
+) -> _Data:
+    """Swaps the training and validation sources for their cached taps when the cache applies
+    (``alcfcn_jax.feature_cache``)."""
+    from alcfcn_jax import feature_cache
+    from alcfcn_jax.data import pipeline
+
+    model = nnx.merge(graphs.model, state["model"])
+    mode = feature_cache.cache_mode(config, model)
+    if mode is None:
+        return data
+    kwargs = pipeline._pipeline_kwargs(data.data_cfg)
+    batching = {k: kwargs[k] for k in ("pad_or_resize", "bucket_multiple", "fixed_size")}
+    cached = feature_cache.cached_sources(
+        config, model, {"train": data.train, "val": data.val}, batching=batching, mode=mode
+    )
+    data.train_input, data.val = cached["train"], cached["val"]
+    return _with_iterator(data, config, local_batch)
 
 
 def _is_box_dataset(data_cfg: Any) -> bool:
@@ -480,8 +596,17 @@ def count_baseline(train_source: Any, val_rows: list[Mapping[str, Any]]) -> dict
 
 
 def _meta(config: Any, state: TrainState, best: Mapping[str, Any], **extra) -> dict[str, Any]:
+    from alcfcn_jax.data.preprocess import Preprocessing
+
     rng = np.asarray(jax.device_get(jax.random.key_data(state["rng"]))).tolist()
-    return {"config": config_utils.to_plain(config), "rng": rng, "best": dict(best), **extra}
+    return {
+        "config": config_utils.to_plain(config),
+        # How images became inputs: evaluate and predict see them exactly so.
+        "preprocessing": Preprocessing.from_data_config(config.data).to_dict(),
+        "rng": rng,
+        "best": dict(best),
+        **extra,
+    }
 
 
 def _save(
@@ -602,6 +727,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     with jax.set_mesh(mesh):
         graphs, state = create_train_state(config, mesh)
+        data = _attach_feature_cache(config, graphs, state, data, batch // jax.process_count())
         counts = param_counts(state, graphs.wrt)
         logging.info(
             "Model: %s/%s, %d trainable and %d frozen/statistics values",
@@ -628,13 +754,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 return done
         start = int(jax.device_get(state["step"]))
 
-        step_fn = make_train_step(
-            graphs,
-            mesh,
+        step_kwargs = dict(
             loss_name=config.loss.name,
             learning_rate=float(config.optim.lr),
             skip_zero_loss=bool(tc.skip_zero_loss),
+            affinity=affinity_loss_from_config(config),
         )
+        step_fn = make_train_step(graphs, mesh, **step_kwargs)
+        # Walk warm-up: the first steps train the activation logits without the random walk.
+        warmup = int(tc.get("walk_warmup_steps", 0))
+        warmup_fn = make_train_step(graphs, mesh, walk=False, **step_kwargs) if warmup else None
         writer = MetricWriter(
             workdir_path,
             total_steps=num_steps,
@@ -658,7 +787,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 global_batch = shd.to_global(prepare_batch(np_batch), mesh)
                 t1 = time.perf_counter()
                 prev_data_state = data_state
-                state, metrics = step_fn(state, global_batch)
+                state, metrics = (warmup_fn if step < warmup else step_fn)(state, global_batch)
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 t2 = time.perf_counter()
                 step += 1

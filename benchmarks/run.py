@@ -30,6 +30,7 @@ BENCHMARKS = (
     "train_step",
     "input_pipeline",
     "evaluation",
+    "feature_cache",
 )
 RESULTS = pathlib.Path(__file__).parent / "results"
 

@@ -56,6 +56,15 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
             # here: see README for where to put it.
             "weights": "",
             "weights_allow_missing": (),
+            # Activation branch: "fc8" (reference: one 1x1 conv on conv6) or "decoder" (3x3
+            # convs over all three taps, models/heads.py), and the decoder's width.
+            "cam_head": "fc8",
+            "decoder_width": 96,
+            # EfficientNet-Lite0 only: 8 (dilated, every tap at stride 8) or 32 (ImageNet
+            # strides, taps resampled to stride 8 by the heads), and the three tapped points
+            # (s1..s7, head; empty = s3, s5, head).
+            "output_stride": 8,
+            "trunk_taps": (),
         }
     )
     cfg.update(overrides)
@@ -107,6 +116,36 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
             "skip_zero_loss": True,
             "tensorboard": "auto",
             "progress": True,
+            # Frozen-trunk feature cache (alcfcn_jax/feature_cache.py): "auto" trains the heads
+            # on taps computed once when the trunk is frozen (optim.trunk_lr_mult=0) and
+            # deterministic; "memory" / "disk" force a store; "off" always runs the trunk.
+            "feature_cache": "auto",
+            # Disk stores ("" = ~/.cache/alcfcn_jax/tap_cache), storage dtype, and the size up to
+            # which "auto" keeps a store in memory.
+            "feature_cache_dir": "",
+            "feature_cache_dtype": "float16",
+            "feature_cache_memory_mb": 256,
+            # A-LCFCN: train the activation logits without the random walk for this many steps
+            # first (0 = the reference: the walk from the first step).
+            "walk_warmup_steps": 0,
+        }
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+def loss_config(**overrides) -> ml_collections.ConfigDict:
+    """The ``config.loss`` block: the loss name and the optional affinity-learning term."""
+    cfg = ml_collections.ConfigDict(
+        {
+            "name": "lcfcn",
+            # AffinityNet's balanced affinity loss on labels mined from the activation map
+            # (alcfcn_jax/losses/affinity.py), added with this weight (0 = the reference: off).
+            "affinity_weight": 0.0,
+            # Stride-8 cells with pooled fish probability above affinity_fg are fish, below
+            # affinity_bg background; clicked cells are always fish.
+            "affinity_fg": 0.7,
+            "affinity_bg": 0.3,
         }
     )
     cfg.update(overrides)
@@ -118,7 +157,7 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 42
     config.model = model_config()
-    config.loss = ml_collections.ConfigDict({"name": "lcfcn"})
+    config.loss = loss_config()
     data = default_data_config("deepfish")
     data.config_name = "fish_loc"  # train on FishLoc clicks; validate on FishSeg val masks
     config.data = data

@@ -20,17 +20,18 @@ def _config(**optim):
     return config
 
 
-def _batch(n: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
+def _batch(n: int = 8, seed: int = 0, hw: tuple[int, int] = (H, W)) -> dict[str, np.ndarray]:
     """Random images with 0-3 clicked fish each (the rest unlabelled)."""
     rng = np.random.default_rng(seed)
-    points = np.full((n, H, W), 255, np.int32)
+    h, w = hw
+    points = np.full((n, h, w), 255, np.int32)
     for i in range(n):
         for _ in range(i % 4):
-            points[i, rng.integers(H), rng.integers(W)] = 1
+            points[i, rng.integers(h), rng.integers(w)] = 1
     return {
-        "image": rng.normal(size=(n, H, W, 3)).astype(np.float32),
+        "image": rng.normal(size=(n, h, w, 3)).astype(np.float32),
         "points": points,
-        "mask": np.full((n, H, W), 255, np.int32),
+        "mask": np.full((n, h, w), 255, np.int32),
     }
 
 
@@ -197,3 +198,60 @@ def test_prepare_batch_marks_padding_unlabelled():
     assert set(out) == {"image", "points", "mask"}
     assert (out["points"][:, 0, :] == 255).all() and (out["mask"][:, 0, :] == 255).all()
     assert (out["mask"][:, 1:, :] == 1).all()
+
+
+def _loss_of(stepper, batch, *, walk, affinity=None):
+    """The step's loss recomputed by hand: same dropout masks, LCFCN loss (+ affinity term)."""
+    from alcfcn_jax.losses.affinity import affinity_labels, affinity_loss
+
+    state = jax.device_get(stepper.fresh())
+    model = nnx.merge(stepper.graphs.model, state["model"])
+    nnx.reseed(model, dropout=jax.random.fold_in(state["rng"], state["step"]))
+    logits, aux = model(jnp.asarray(batch["image"]), train=True, return_aux=True, walk=walk)
+    per_image, _ = train_lib.per_image_loss("lcfcn", logits, batch)
+    if affinity is None:
+        return float(jnp.mean(per_image)), None
+    labels = affinity_labels(aux["cam"], batch["points"], fg=affinity.fg, bg=affinity.bg)
+    aff = affinity_loss(aux["aff_feats"], labels, radius=affinity.radius)
+    return float(jnp.mean(per_image + affinity.weight * aff)), float(jnp.mean(aff))
+
+
+def test_walk_warmup_step_trains_the_activation_logits(step8):
+    config = _config()
+    mesh = shd.make_mesh(1)
+    batch = _batch(2)
+    with jax.set_mesh(mesh):
+        graphs, _ = train_lib.create_train_state(config, mesh)
+        warm = train_lib.make_train_step(
+            graphs, mesh, loss_name="lcfcn", learning_rate=config.optim.lr, walk=False
+        )
+    stepper = _Stepper(config, mesh)
+    stepper.fn = warm
+    _, metrics = stepper(batch)
+    want, _ = _loss_of(stepper, batch, walk=False)
+    with_walk, _ = _loss_of(stepper, batch, walk=True)
+    np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
+    assert abs(with_walk - want) > 1e-3 * abs(want)
+
+
+def test_affinity_term_is_added_with_its_weight():
+    config = _config()
+    mesh = shd.make_mesh(1)
+    # Thresholds around 0.5: the untrained tiny model gives p(fish) in [0.497, 0.502].
+    aff = train_lib.AffinityLoss(weight=0.25, fg=0.5005, bg=0.4995, radius=config.model.radius)
+    with jax.set_mesh(mesh):
+        graphs, _ = train_lib.create_train_state(config, mesh)
+        fn = train_lib.make_train_step(
+            graphs, mesh, loss_name="lcfcn", learning_rate=config.optim.lr, affinity=aff
+        )
+    stepper = _Stepper(config, mesh)
+    stepper.fn = fn
+    batch = _batch(2, hw=(64, 96))  # an 8 x 12 grid: radius 3 after the small-map fallback
+    _, metrics = stepper(batch)
+    want, want_aff = _loss_of(stepper, batch, walk=True, affinity=aff)
+    assert want_aff > 0
+    np.testing.assert_allclose(metrics["loss_affinity"], want_aff, rtol=1e-5)
+    np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
+    assert train_lib.affinity_loss_from_config(config) is None  # off in the reference presets
+    config.loss.affinity_weight = 0.5
+    assert train_lib.affinity_loss_from_config(config).weight == 0.5

@@ -34,13 +34,19 @@ Batch = dict[str, np.ndarray]
 
 
 def flip_example(ex: dict[str, Any]) -> dict[str, Any]:
-    """Horizontal mirror of an example (image, points, mask, pad and boxes)."""
+    """Horizontal mirror of an example (image, points, mask, pad and boxes).
+
+    An example of the feature cache (``tap_cache.TapSource``) carries its mirror, computed with
+    the mirrored image's own taps, as ``_flipped``: that is returned.
+    """
+    if "_flipped" in ex:
+        return ex["_flipped"]
     out = dict(ex)
     for k in ("image", "points", "mask", "pad"):
         if k in ex:
             out[k] = np.ascontiguousarray(ex[k][:, ::-1])
     if "boxes" in ex and len(ex["boxes"]):
-        w = ex["image"].shape[1]
+        w = ex["points"].shape[1]
         b = ex["boxes"]
         out["boxes"] = np.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1).astype(np.float32)
     return out
@@ -96,6 +102,8 @@ def collate(
     Raises:
       ValueError: an example larger than ``fixed_size``, or "resize" without ``fixed_size``.
     """
+    if any("taps" in e for e in examples):
+        return _collate_taps(examples, keep_boxes=keep_boxes)
     if pad_or_resize == "resize":
         if fixed_size is None:
             raise ValueError("data.pad_or_resize='resize' needs data.fixed_size=(H, W)")
@@ -125,6 +133,32 @@ def collate(
         batch["points"][i, :h, :w] = e["points"]
         batch["mask"][i, :h, :w] = e["mask"]
         batch["pad"][i, :h, :w] = e["pad"] if "pad" in e else True
+    _add_labels(batch, examples, keep_boxes)
+    return batch
+
+
+def _collate_taps(examples: Sequence[dict[str, Any]], *, keep_boxes: bool) -> Batch:
+    """Stacks examples of the feature cache: ``taps/<name>`` (float32) instead of ``image``.
+
+    Their sizes are final already (``tap_cache.shape_example``) and must be equal.
+    """
+    sizes = {e["points"].shape[:2] for e in examples}
+    if len(sizes) != 1 or not all("taps" in e for e in examples):
+        raise ValueError(f"cached examples of one batch must share one size, got {sorted(sizes)}")
+    batch: Batch = {
+        f"taps/{k}": np.stack([np.asarray(e["taps"][k], np.float32) for e in examples])
+        for k in examples[0]["taps"]
+    }
+    batch["points"] = np.stack([e["points"] for e in examples]).astype(np.int32)
+    batch["mask"] = np.stack([e["mask"] for e in examples]).astype(np.int32)
+    batch["pad"] = np.stack([e["pad"] for e in examples]).astype(bool)
+    _add_labels(batch, examples, keep_boxes)
+    return batch
+
+
+def _add_labels(batch: Batch, examples: Sequence[dict[str, Any]], keep_boxes: bool) -> None:
+    """Adds ``count``, ``habitat``, ``id`` and (with ``keep_boxes``) NaN-padded ``boxes``."""
+    B = len(examples)
     batch["count"] = np.asarray([e["count"] for e in examples], np.int32)
     batch["habitat"] = np.asarray([e["habitat"] for e in examples], np.str_)
     batch["id"] = np.asarray([e["id"] for e in examples], np.str_)
@@ -134,7 +168,6 @@ def collate(
         for i, e in enumerate(examples):
             boxes[i, : len(e["boxes"])] = e["boxes"]
         batch["boxes"] = boxes
-    return batch
 
 
 def _slice(source: Sequence, process_index: int, process_count: int) -> grain.MapDataset:

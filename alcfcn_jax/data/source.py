@@ -28,12 +28,30 @@ class MappedSource(Sequence):
       items: one light descriptor per example (a path, an ID, a record key...).
       load: builds the example dict from a descriptor.
       name: a short description used in messages and ``repr``.
+      fingerprint: optional ``descriptor -> str`` identifying an example's image content without
+        decoding it (e.g. a hash of the file's bytes); with ``settings`` (the preprocessing, a
+        JSON-able dict) it stands for the decoded image (the feature cache's key).
+      settings: see ``fingerprint``.
     """
 
-    def __init__(self, items: Sequence[Any], load: Callable[[Any], Example], name: str) -> None:
+    def __init__(
+        self,
+        items: Sequence[Any],
+        load: Callable[[Any], Example],
+        name: str,
+        *,
+        fingerprint: Callable[[Any], str] | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
         self.items = list(items)
         self._load = load
         self.name = name
+        self._fingerprint = fingerprint
+        self.settings = settings
+
+    def fingerprint(self, index: int) -> str | None:
+        """The example's content fingerprint (see the class doc), or None if it has none."""
+        return None if self._fingerprint is None else self._fingerprint(self.items[index])
 
     def __len__(self) -> int:
         return len(self.items)

@@ -1,0 +1,141 @@
+"""Head-only training with and without the frozen-trunk feature cache.
+
+    python -m benchmarks.feature_cache [--sizes=128x227,304x541] [--batch=8]
+
+For the model of ``configs/frames.py`` (undilated EfficientNet-Lite0 tapped at s3/s5/s6, decoder
+and affinity heads, sparse random walk, LCFCN loss with its host callback) and of
+``configs/demo.py`` (dilated Lite0, ``fc8``), a train step with the trunk frozen is timed on:
+
+* ``uncached``: the images (the trunk's forward pass runs inside every step);
+* ``uncached_xla_convs``: the same with XLA's own convolutions (``ops.conv.set_conv_impl("xla")``),
+  i.e. the uncached step as it ran before the depthwise convolutions were rewritten;
+* ``cached``: the trunk's taps (``model.from_taps``), what training on the cache runs;
+
+plus ``extract_s_per_image``, the one-time cost of the cache per image (a variant). Figures are
+medians of ``--repeats`` steps after a compiling one, random weights, random clicks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import numpy as np
+
+from alcfcn_jax import feature_cache, train_lib
+from alcfcn_jax import sharding as shd
+from alcfcn_jax.ops import conv as conv_ops
+from benchmarks.common import host_info, print_json
+
+MODELS = ("frames", "demo")
+
+
+def _config(model: str):
+    import configs.demo
+    import configs.frames
+
+    config = (configs.frames if model == "frames" else configs.demo).get_config()
+    config.model.weights = ""  # timing only: random weights
+    return config
+
+
+def _batch(batch: int, h: int, w: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    points = np.full((batch, h, w), 255, np.int32)
+    for i in range(batch):
+        for _ in range(1 + i % 4):
+            points[i, rng.integers(h), rng.integers(w)] = 1
+    return {
+        "image": rng.normal(size=(batch, h, w, 3)).astype(np.float32),
+        "points": points,
+        "mask": np.full((batch, h, w), 255, np.int32),
+    }
+
+
+def _time_steps(config, batch_np, repeats: int, *, cached: bool, impl: str) -> dict[str, float]:
+    previous = conv_ops.set_conv_impl(impl)
+    try:
+        mesh = shd.make_mesh(1)
+        with jax.set_mesh(mesh):
+            graphs, state = train_lib.create_train_state(config, mesh)
+            step = train_lib.make_train_step(
+                graphs,
+                mesh,
+                loss_name="lcfcn",
+                learning_rate=float(config.optim.lr),
+                affinity=train_lib.affinity_loss_from_config(config),
+            )
+            batch = dict(batch_np)
+            extract_s = None
+            if cached:
+                from flax import nnx
+
+                model = nnx.merge(graphs.model, state["model"])
+                extract = feature_cache.make_extract(model)
+                extract(batch["image"])  # compile
+                t0 = time.perf_counter()
+                taps = extract(batch["image"])
+                extract_s = (time.perf_counter() - t0) / len(batch["image"])
+                del batch["image"]
+                batch.update({f"taps/{k}": np.asarray(v, np.float32) for k, v in taps.items()})
+            batch = shd.to_global(batch, mesh)
+            t0 = time.perf_counter()
+            state, m = step(state, batch)
+            jax.block_until_ready(m)
+            compile_s = time.perf_counter() - t0
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                state, m = step(state, batch)
+                jax.block_until_ready(m)
+                times.append(time.perf_counter() - t0)
+    finally:
+        conv_ops.set_conv_impl(previous)
+    out = {
+        "first_s": round(compile_s, 2),
+        "median_s": round(float(np.median(times)), 4),
+        "steps_per_s": round(1.0 / float(np.median(times)), 3),
+    }
+    if extract_s is not None:
+        out["extract_s_per_image"] = round(extract_s, 4)
+    return out
+
+
+def run(sizes=((128, 227), (304, 541)), batch: int = 8, repeats: int = 5) -> dict:
+    """Times the three step kinds for each model and image size; returns the figures."""
+    out = {"host": host_info(), "batch": batch, "repeats": repeats, "runs": []}
+    for model in MODELS:
+        config = _config(model)
+        for h, w in sizes:
+            if model == "demo" and h > 128:
+                continue  # the demo trains at short side 128 only
+            row = {"model": model, "size": f"{h}x{w}"}
+            data = _batch(batch, h, w)
+            for name, cached, impl in (
+                ("cached", True, "auto"),
+                ("uncached", False, "auto"),
+                ("uncached_xla_convs", False, "xla"),
+            ):
+                row[name] = _time_steps(config, data, repeats, cached=cached, impl=impl)
+                print(model, h, w, name, row[name], flush=True)
+            c = row["cached"]["median_s"]
+            row["speedup"] = round(row["uncached"]["median_s"] / c, 2)
+            row["speedup_vs_xla_convs"] = round(row["uncached_xla_convs"]["median_s"] / c, 2)
+            out["runs"].append(row)
+    out["loadavg_after"] = host_info()["loadavg"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="128x227,304x541")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    sizes = tuple(tuple(int(v) for v in s.split("x")) for s in args.sizes.split(","))
+    print_json(run(sizes, args.batch, args.repeats))
+
+
+if __name__ == "__main__":
+    main()
