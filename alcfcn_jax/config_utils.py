@@ -111,6 +111,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _number(config, "optim.weight_decay", minimum=0.0)
     _number(config, "optim.trunk_lr_mult", minimum=0.0)
     _number(config, "optim.clip_grad_norm", minimum=0.0)
+    if "schedule" in config.optim:
+        _choice(config, "optim.schedule", ("constant", "cosine"))
     for key in ("b1", "b2"):
         value = _number(config, f"optim.{key}", minimum=0.0)
         if value >= 1.0:

@@ -130,15 +130,30 @@ def _trunk_scale(mult: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def make_optimizer(optim_cfg: Any) -> optax.GradientTransformation:
-    """The optax transformation of ``config.optim``.
+def learning_rate_schedule(optim_cfg: Any, num_steps: int) -> optax.Schedule:
+    """``optim.schedule``: "constant" (the reference) or "cosine" (from ``lr`` to 0 over
+    ``num_steps``)."""
+    lr = float(optim_cfg.lr)
+    schedule = str(optim_cfg.get("schedule", "constant"))
+    if schedule == "constant":
+        return optax.constant_schedule(lr)
+    if schedule == "cosine":
+        return optax.cosine_decay_schedule(lr, max(int(num_steps), 1))
+    raise config_utils.ConfigError(
+        f"config.optim.schedule={schedule!r} is not one of ('constant', 'cosine')"
+    )
+
+
+def make_optimizer(optim_cfg: Any, num_steps: int = 1) -> optax.GradientTransformation:
+    """The optax transformation of ``config.optim`` (``num_steps``: the cosine schedule's length).
 
     ``adam`` is torch's Adam: ``weight_decay`` is added to the gradient (L2), not decoupled;
     ``adamw`` is decoupled weight decay; ``sgd`` uses ``b1`` as momentum. Optional global-norm
     clipping comes first and the trunk learning-rate multiplier last.
     """
     name = optim_cfg.name
-    lr, wd = float(optim_cfg.lr), float(optim_cfg.weight_decay)
+    lr = learning_rate_schedule(optim_cfg, num_steps)
+    wd = float(optim_cfg.weight_decay)
     parts: list[optax.GradientTransformation] = []
     if float(optim_cfg.get("clip_grad_norm", 0.0)) > 0:
         parts.append(optax.clip_by_global_norm(float(optim_cfg.clip_grad_norm)))
@@ -210,7 +225,8 @@ def create_train_state(
     if model is None:
         model = build_model_from_config(config)
     wrt = trainable_filter(config.optim)
-    opt = nnx.Optimizer(model, make_optimizer(config.optim), wrt=wrt)
+    tx = make_optimizer(config.optim, int(config.train.num_steps))
+    opt = nnx.Optimizer(model, tx, wrt=wrt)
     graph_model, model_state = nnx.split(model)
     graph_opt, opt_state = nnx.split(opt)
     state = {
@@ -300,7 +316,7 @@ def make_train_step(
     mesh: jax.sharding.Mesh,
     *,
     loss_name: str,
-    learning_rate: float,
+    learning_rate: float | optax.Schedule,
     skip_zero_loss: bool = True,
     loss_fn: Callable[..., tuple[jax.Array, dict[str, jax.Array]]] | None = None,
     walk: bool = True,
@@ -313,7 +329,7 @@ def make_train_step(
       mesh: the device mesh (outputs are replicated over it; call the step under
         ``jax.set_mesh(mesh)`` so the LCFCN loss can place one host callback per device shard).
       loss_name: ``config.loss.name``.
-      learning_rate: reported in the metrics (the schedule is constant).
+      learning_rate: the learning rate or its schedule of the step, reported in the metrics.
       skip_zero_loss: skip the update when the loss is exactly 0 (the reference does).
       loss_fn: override of :func:`per_image_loss` (tests).
       walk: ``False`` trains the activation logits of an A-LCFCN model without the random walk
@@ -378,7 +394,9 @@ def make_train_step(
             "grad_norm": grad_norm,
             "param_norm": _global_norm(params),
             "update_norm": update_norm,
-            "lr": jnp.asarray(learning_rate, jnp.float32),
+            "lr": jnp.asarray(
+                learning_rate(step) if callable(learning_rate) else learning_rate, jnp.float32
+            ),
             "skipped": 1.0 - apply.astype(jnp.float32),
             "nonfinite": 1.0 - finite.astype(jnp.float32),
         }
@@ -756,7 +774,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
         step_kwargs = dict(
             loss_name=config.loss.name,
-            learning_rate=float(config.optim.lr),
+            learning_rate=learning_rate_schedule(config.optim, num_steps),
             skip_zero_loss=bool(tc.skip_zero_loss),
             affinity=affinity_loss_from_config(config),
         )

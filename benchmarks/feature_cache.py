@@ -2,9 +2,11 @@
 
     python -m benchmarks.feature_cache [--sizes=128x227,304x541] [--batch=8]
 
-For the model of ``configs/frames.py`` (undilated EfficientNet-Lite0 tapped at s3/s5/s6, decoder
-and affinity heads, sparse random walk, LCFCN loss with its host callback) and of
-``configs/demo.py`` (dilated Lite0, ``fc8``), a train step with the trunk frozen is timed on:
+For the models of ``configs/frames.py`` (undilated EfficientNet-Lite0 tapped at s3/s5/s6,
+decoder head; ``alcfcn``: with the affinity branch, its loss and the sparse random walk;
+``lcfcn``: without) and the model the demo used before (``dilated_fc8``: dilated Lite0, ``fc8``
+on its 1280-channel head, affinity branch and walk), a train step with the trunk frozen (LCFCN
+loss and its host callback included) is timed on:
 
 * ``uncached``: the images (the trunk's forward pass runs inside every step);
 * ``uncached_xla_convs``: the same with XLA's own convolutions (``ops.conv.set_conv_impl("xla")``),
@@ -28,14 +30,19 @@ from alcfcn_jax import sharding as shd
 from alcfcn_jax.ops import conv as conv_ops
 from benchmarks.common import host_info, print_json
 
-MODELS = ("frames", "demo")
+MODELS = ("frames_alcfcn", "frames_lcfcn", "dilated_fc8")
 
 
 def _config(model: str):
-    import configs.demo
     import configs.frames
+    from configs.deepfish import model_config
 
-    config = (configs.frames if model == "frames" else configs.demo).get_config()
+    config = configs.frames.get_config("lcfcn" if model == "frames_lcfcn" else "alcfcn")
+    if model == "dilated_fc8":
+        config.model = model_config(
+            backbone="efficientnet_lite0", trunk_mode="single_pass", rw_method="auto"
+        )
+        config.loss.affinity_weight = 0.0
     config.model.weights = ""  # timing only: random weights
     return config
 
@@ -108,8 +115,8 @@ def run(sizes=((128, 227), (304, 541)), batch: int = 8, repeats: int = 5) -> dic
     for model in MODELS:
         config = _config(model)
         for h, w in sizes:
-            if model == "demo" and h > 128:
-                continue  # the demo trains at short side 128 only
+            if model == "dilated_fc8" and h > 128:
+                continue  # the previous demo trained at short side 128
             row = {"model": model, "size": f"{h}x{w}"}
             data = _batch(batch, h, w)
             for name, cached, impl in (

@@ -85,6 +85,8 @@ def optim_config(**overrides) -> ml_collections.ConfigDict:
             "trunk_lr_mult": 1.0,
             # Global gradient-norm clipping; 0 disables it (the reference does not clip).
             "clip_grad_norm": 0.0,
+            # "constant" (the reference) or "cosine" (lr decays to 0 over train.num_steps).
+            "schedule": "constant",
         }
     )
     cfg.update(overrides)

@@ -35,6 +35,10 @@ from configs import deepfish
 
 PRESETS = ("alcfcn", "alcfcn_ref", "lcfcn", "smoke")
 INSTALL_HINT = 'pip install -e ".[demo]"'
+# Short side after the letterbox crop: 360x202 frames -> 541x304, where the median fish is 3
+# stride-8 cells across and a quarter of them under 2 (at the native 202: 2 cells and a half;
+# `python -m alcfcn_jax.data.box_stats`).
+SHORT_SIDE = 304
 
 
 def pretrained_weights() -> str:
@@ -75,7 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.seed = 0
     config.model = frames_model()
     data = default_data_config("boxes")
-    data.image_short_side = 304
+    data.image_short_side = SHORT_SIDE
     data.flip = True
     data.worker_threads = 2
     data.prefetch = 2

@@ -255,3 +255,27 @@ def test_affinity_term_is_added_with_its_weight():
     assert train_lib.affinity_loss_from_config(config) is None  # off in the reference presets
     config.loss.affinity_weight = 0.5
     assert train_lib.affinity_loss_from_config(config).weight == 0.5
+
+
+def test_cosine_schedule_and_the_reported_lr():
+    config = _config()
+    assert train_lib.learning_rate_schedule(config.optim, 10)(5) == config.optim.lr  # constant
+    config.optim.schedule = "cosine"
+    sched = train_lib.learning_rate_schedule(config.optim, 10)
+    np.testing.assert_allclose(
+        [float(sched(s)) for s in (0, 5, 10)],
+        [config.optim.lr, config.optim.lr / 2, 0.0],
+        atol=1e-9,
+    )
+    # Adam's first step moves every parameter by lr: with the schedule, by lr(0); at step 5 the
+    # update is half as large.
+    tx = train_lib.make_optimizer(config.optim, 10)
+    p = {"w": jnp.zeros((3,))}
+    g = {"w": jnp.ones((3,))}
+    state = tx.init(p)
+    sizes = []
+    for _ in range(6):
+        upd, state = tx.update(g, state, p)
+        sizes.append(float(jnp.abs(upd["w"]).max()))
+    np.testing.assert_allclose(sizes[0], config.optim.lr, rtol=1e-4)
+    np.testing.assert_allclose(sizes[5], config.optim.lr / 2, rtol=1e-3)
