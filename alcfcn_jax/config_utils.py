@@ -89,6 +89,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             _choice(config, "model.cam_head", CAM_HEADS)
         if "decoder_width" in config.model:
             _int(config, "model.decoder_width", minimum=1)
+        if "decoder_dropout" in config.model:
+            rate = _number(config, "model.decoder_dropout", minimum=0.0)
+            if rate >= 1.0:
+                raise ConfigError(f"config.model.decoder_dropout={rate} must be < 1")
         if config.model.get("output_stride", 8) not in (8, 32):
             raise ConfigError(
                 f"config.model.output_stride={config.model.output_stride!r} must be 8 or 32"

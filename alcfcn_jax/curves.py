@@ -30,7 +30,9 @@ TITLES = {
 }
 
 
-def read_run(workdir: str | pathlib.Path) -> tuple[dict[str, list[tuple[int, float]]], float | None]:
+def read_run(
+    workdir: str | pathlib.Path,
+) -> tuple[dict[str, list[tuple[int, float]]], float | None]:
     """({metric: [(step, value), ...]} of the ``val`` rows, the median baseline MAE or None)."""
     curves: dict[str, list[tuple[int, float]]] = {}
     baseline = None

@@ -60,6 +60,10 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
             # convs over all three taps, models/heads.py), and the decoder's width.
             "cam_head": "fc8",
             "decoder_width": 96,
+            # Dropout2d rate of the decoder. 0: with dropout the LCFCN loss is computed on a
+            # function evaluation never sees; regions the loss leaves at p(fish) ~ 0.5 then turn
+            # into dozens of speckle blobs at evaluation (docs/results.md).
+            "decoder_dropout": 0.0,
             # EfficientNet-Lite0 only: 8 (dilated, every tap at stride 8) or 32 (ImageNet
             # strides, taps resampled to stride 8 by the heads), and the three tapped points
             # (s1..s7, head; empty = s3, s5, head).

@@ -21,8 +21,9 @@ Settings that differ from the reference (``configs/deepfish.py``) and why (docs/
     stages separate fish from water far better than the ImageNet head; its taps are computed once
     (feature cache) and only the heads train.
   * Activation branch: a small decoder over the three taps instead of ``fc8`` on the last one.
-  * Adam lr 1e-3 (b1 0.9), batch 8, random flips: the heads train from scratch in an hour on a
-    2-core CPU.
+  * Adam lr 1e-3 (b1 0.9) decayed to 0 by a cosine over the run, batch 8, random flips: the
+    heads train from scratch in under an hour on a 2-core CPU. (At a constant 1e-3 the LCFCN
+    model reached its best validation MAE at step 2000 of 3000 and then fell apart.)
   * The best checkpoint is chosen by validation count MAE (boxes, no masks).
 """
 
@@ -84,7 +85,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     data.worker_threads = 2
     data.prefetch = 2
     config.data = data
-    config.optim = deepfish.optim_config(lr=1e-3, b1=0.9, b2=0.999, trunk_lr_mult=0.0)
+    config.optim = deepfish.optim_config(
+        lr=1e-3, b1=0.9, b2=0.999, trunk_lr_mult=0.0, schedule="cosine"
+    )
     config.train = deepfish.train_config(
         num_steps=3000,
         batch_size=8,

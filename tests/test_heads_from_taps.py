@@ -129,7 +129,9 @@ def test_align_commutes_with_a_1x1_convolution():
 
 
 def test_decoder_head_trains_and_its_dropout_is_seeded():
-    model = _model(output_stride=32, trunk_taps=("s2", "s3", "s4"), cam_head="decoder")
+    model = _model(
+        output_stride=32, trunk_taps=("s2", "s3", "s4"), cam_head="decoder", decoder_dropout=0.3
+    )
     x = _images(32, 48)
     a = model(x, train=True)
     nnx.reseed(model, dropout=3)

@@ -131,6 +131,7 @@ def build_model(model_cfg: Any, *, rngs: nnx.Rngs) -> nnx.Module:
             affinity_widths=_AFFINITY_WIDTHS.get(backbone, _REFERENCE_AFFINITY_WIDTHS),
             cam_head=str(_get(model_cfg, "cam_head", "fc8")),
             decoder_width=int(_get(model_cfg, "decoder_width", 96)),
+            decoder_dropout=float(_get(model_cfg, "decoder_dropout", 0.0)),
             dtype=dtype,
             rngs=rngs,
         )

@@ -74,6 +74,7 @@ class ALCFCN(nnx.Module):
       cam_head: ``"fc8"`` (reference: dropout + 1x1 on conv6) or ``"decoder"``
         (:class:`~alcfcn_jax.models.heads.DecoderHead` over all three taps).
       decoder_width: channels of the decoder head.
+      decoder_dropout: its Dropout2d rate (0: training sees the function evaluation sees).
       dtype: compute dtype of trunk and heads (float32 or bfloat16).
       rngs: ``params`` and ``dropout`` streams.
     """
@@ -92,6 +93,7 @@ class ALCFCN(nnx.Module):
         affinity_widths: tuple[int, int, int] = (64, 128, 256),
         cam_head: str = "fc8",
         decoder_width: int = 96,
+        decoder_dropout: float = 0.0,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -131,7 +133,12 @@ class ALCFCN(nnx.Module):
             self.cam_head = ActivationHead(tap_channels[2], n_classes, dtype=dtype, rngs=rngs)
         else:
             self.cam_head = DecoderHead(
-                tap_channels, n_classes, width=decoder_width, dtype=dtype, rngs=rngs
+                tap_channels,
+                n_classes,
+                width=decoder_width,
+                dropout=decoder_dropout,
+                dtype=dtype,
+                rngs=rngs,
             )
         if with_affinity:
             self.aff_head = AffinityHead(tap_channels, affinity_widths, dtype=dtype, rngs=rngs)

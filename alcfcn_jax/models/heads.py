@@ -106,7 +106,7 @@ class DecoderHead(nnx.Module):
         n_classes: int,
         *,
         width: int = 96,
-        dropout: float = 0.1,
+        dropout: float = 0.0,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
