@@ -89,6 +89,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             _choice(config, "model.cam_head", CAM_HEADS)
         if "decoder_width" in config.model:
             _int(config, "model.decoder_width", minimum=1)
+        widths = tuple(config.model.get("affinity_widths", ()) or ())
+        if widths and (len(widths) != 3 or any(int(w) < 1 for w in widths)):
+            raise ConfigError(
+                f"config.model.affinity_widths={widths} must be () or three positive widths"
+            )
         if "decoder_dropout" in config.model:
             rate = _number(config, "model.decoder_dropout", minimum=0.0)
             if rate >= 1.0:

@@ -68,6 +68,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
             # strides, taps resampled to stride 8 by the heads), and the three tapped points
             # (s1..s7, head; empty = s3, s5, head).
             "output_stride": 8,
+            # Affinity branch widths (f8_3, f8_4, f8_5); () = the reference's (64, 128, 256).
+            "affinity_widths": (),
             "trunk_taps": (),
         }
     )

@@ -94,7 +94,8 @@ def build_model(model_cfg: Any, *, rngs: nnx.Rngs) -> nnx.Module:
         "efficientnet_lite0" | "tiny"), ``n_classes``, ``with_affinity``, ``trunk_mode``, ``beta``,
         ``logt``, ``radius``, ``rw_method``, ``dtype`` ("float32" | "bfloat16"), ``weights``
         (path or "") and ``weights_allow_missing`` (names; empty means the importer's default);
-        optionally ``cam_head`` ("fc8" | "decoder"), ``decoder_width``, and for
+        optionally ``cam_head`` ("fc8" | "decoder"), ``decoder_width``, ``decoder_dropout``,
+        ``affinity_widths`` (f8_3/f8_4/f8_5 widths; empty = the reference's 64/128/256), and for
         EfficientNet-Lite0 ``output_stride`` (8 | 32) and ``trunk_taps`` (three tap points);
         optionally ``input_format`` for FCN8-VGG16 (default "caffe_bgr" for ``.h5`` weights,
         else "imagenet").
@@ -128,7 +129,8 @@ def build_model(model_cfg: Any, *, rngs: nnx.Rngs) -> nnx.Module:
             logt=int(_get(model_cfg, "logt", 4)),
             radius=int(_get(model_cfg, "radius", 5)),
             rw_method=str(_get(model_cfg, "rw_method", "dense")),
-            affinity_widths=_AFFINITY_WIDTHS.get(backbone, _REFERENCE_AFFINITY_WIDTHS),
+            affinity_widths=tuple(_get(model_cfg, "affinity_widths", ()) or ())
+            or _AFFINITY_WIDTHS.get(backbone, _REFERENCE_AFFINITY_WIDTHS),
             cam_head=str(_get(model_cfg, "cam_head", "fc8")),
             decoder_width=int(_get(model_cfg, "decoder_width", 96)),
             decoder_dropout=float(_get(model_cfg, "decoder_dropout", 0.0)),
