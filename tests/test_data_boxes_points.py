@@ -1,7 +1,8 @@
 """YOLO box folders (real frames, the shipped sample) and the image + clicks CSV reader."""
 
+import hashlib
 import logging
-import pathlib
+import os
 import shutil
 
 import numpy as np
@@ -10,8 +11,6 @@ from PIL import Image
 
 from alcfcn_jax.data import SAMPLE_DIR, DataError, default_data_config, get_source
 from alcfcn_jax.data import boxes as boxes_lib
-
-FRAMES = pathlib.Path("/work/shared/data/deepfish_frames")
 
 
 def test_sample_shipped_small_and_covers_all_habitats():
@@ -72,17 +71,51 @@ def test_box_example_by_hand():
     assert ex3["pad"][79:281].all() and not ex3["pad"][:79].any() and not ex3["pad"][281:].any()
 
 
-@pytest.mark.skipif(not FRAMES.is_dir(), reason="real frames folder not present")
-def test_box_reader_on_all_real_frames_fixed_split():
+def _expected_val(stem: str) -> bool:
+    """The documented split rule, written out: md5 of the frame name (Roboflow suffix
+    ``_jpg.rf.<hash>`` dropped), first 8 hex digits mod 100, below 20."""
+    name = stem.split("_jpg.rf.")[0]
+    return int(hashlib.md5(name.encode()).hexdigest()[:8], 16) % 100 < 20
+
+
+def test_box_reader_fixed_split_on_a_flat_folder(tmp_path):
+    """The shipped frames copied into one flat folder: the hash rule splits them."""
+    flat = tmp_path / "frames"
+    for sub in ("images", "labels"):
+        (flat / sub).mkdir(parents=True)
+    stems, n_boxes = [], 0
+    for split in ("train", "val"):
+        for p in sorted((SAMPLE_DIR / split / "images").iterdir()):
+            shutil.copy(p, flat / "images" / p.name)
+            label = SAMPLE_DIR / split / "labels" / f"{p.stem}.txt"
+            shutil.copy(label, flat / "labels" / label.name)
+            stems.append(p.stem)
+            n_boxes += len([line for line in label.read_text().splitlines() if line.strip()])
     cfg = default_data_config("boxes")
-    cfg.data_dir = str(FRAMES)
+    cfg.data_dir = str(flat)
     tr, va = get_source(cfg, "train"), get_source(cfg, "val")
-    assert len(tr) + len(va) == 4568
-    assert 0.15 < len(va) / 4568 < 0.25
-    assert not {p.stem for p, _ in tr.items} & {p.stem for p, _ in va.items}
-    assert sum(len(b) for _, b in tr.items) + sum(len(b) for _, b in va.items) == 11034
+    want_val = {s for s in stems if _expected_val(s)}
+    assert 0 < len(want_val) < len(stems)
+    assert {p.stem for p, _ in va.items} == want_val
+    assert {p.stem for p, _ in tr.items} == set(stems) - want_val
+    assert sum(len(b) for _, b in tr.items) + sum(len(b) for _, b in va.items) == n_boxes
     ex = va[0]
     assert ex["image"].shape == (202, 360, 3) and ex["count"] == len(va.items[0][1])
+
+
+@pytest.mark.skipif(
+    not os.environ.get("ALCFCN_FRAMES_DIR"),
+    reason="set ALCFCN_FRAMES_DIR to a copy of the 4,568 DeepFish frames to run this check",
+)
+def test_box_reader_on_all_real_frames_fixed_split():
+    cfg = default_data_config("boxes")
+    cfg.data_dir = os.environ["ALCFCN_FRAMES_DIR"]
+    tr, va = get_source(cfg, "train"), get_source(cfg, "val")
+    assert len(tr) + len(va) == 4568
+    assert (len(tr), len(va)) == (3626, 942)
+    everything = [p.stem for p, _ in list(tr.items) + list(va.items)]
+    assert {p.stem for p, _ in va.items} == {s for s in everything if _expected_val(s)}
+    assert sum(len(b) for _, b in tr.items) + sum(len(b) for _, b in va.items) == 11034
 
 
 def _yolo_dir(tmp_path, lines):

@@ -49,7 +49,7 @@ def stage2_config(stage1_workdir):
     return cfg
 
 
-def test_stage1_pseudo_masks_stage2_evaluate(tmp_path):
+def test_stage1_pseudo_masks_stage2_evaluate(tmp_path, monkeypatch):
     w1, w2 = tmp_path / "stage1", tmp_path / "stage2"
     cfg1 = smoke_config()
     train_lib.run(cfg1, str(w1))
@@ -69,10 +69,17 @@ def test_stage1_pseudo_masks_stage2_evaluate(tmp_path):
     assert len(masks) == manifest["count"] > 0
     assert set(np.unique(np.asarray(Image.open(masks[0])))) <= {0, 255}
     assert manifest["quality"] is None or 0.0 <= manifest["quality"]["miou"] <= 1.0
-    before = {p: p.stat().st_mtime_ns for p in masks}
+    before = {p: p.read_bytes() for p in masks}
+    written = []
+    save = pm.save_png_atomic
+    monkeypatch.setattr(
+        pm,
+        "save_png_atomic",
+        lambda image, path, *a, **k: written.append(path) or save(image, path, *a, **k),
+    )
     again = pm.write_pseudo_masks(cfg1, w1)  # same checkpoint: nothing rewritten
-    assert again["checkpoint_step"] == step1
-    assert {p: p.stat().st_mtime_ns for p in masks} == before
+    assert again["checkpoint_step"] == step1 and written == []
+    assert {p: p.read_bytes() for p in masks} == before
 
     cfg2 = stage2_config(w1)
     train_lib.run(cfg2, str(w2))

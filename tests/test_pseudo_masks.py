@@ -1,6 +1,8 @@
 """Tests of pseudo-mask generation: files, manifest, quality, interruption and resumption."""
 
+import hashlib
 import json
+import pathlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -79,8 +81,23 @@ def run(source, out_dir, step, mesh=None, batch_size=2):
     )
 
 
-def mtimes(out_dir):
-    return {p: p.stat().st_mtime_ns for p in sorted(out_dir.rglob("*.png"))}
+def digests(out_dir):
+    """{mask path: sha256 of its bytes} (content, not timestamps: mtimes can tie)."""
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out_dir.rglob("*.png"))}
+
+
+@pytest.fixture
+def mask_writes(monkeypatch):
+    """Every mask path the writer saves, in order (wraps ``pseudo_masks.save_png_atomic``)."""
+    written = []
+    original = pm.save_png_atomic
+
+    def recording(image, path, *args, **kwargs):
+        written.append(pathlib.Path(path))
+        return original(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(pm, "save_png_atomic", recording)
+    return written
 
 
 def test_masks_manifest_and_quality(tmp_path):
@@ -114,26 +131,28 @@ def test_no_quality_without_true_masks(tmp_path):
     assert manifest["quality"] is None
 
 
-def test_interrupted_run_resumes_and_rerun_rewrites_nothing(tmp_path):
+def test_interrupted_run_resumes_and_rerun_rewrites_nothing(tmp_path, mask_writes):
     src = make_source(8)
     out = tmp_path / "pm"
     with pytest.raises(KeyboardInterrupt):
         run(Interrupting(src, fail_at=5), out, step=3, batch_size=2)
-    partial = mtimes(out)
+    partial = digests(out)
     assert 0 < len(partial) < len(src)
     assert not (out / "manifest.json").exists()
     with pytest.raises(pm.PseudoMaskError, match="unfinished"):
         pm.load_manifest(out)
+    mask_writes.clear()
     manifest = run(src, out, step=3)
-    assert manifest["written_this_run"] == len(src) - len(partial)
-    after = mtimes(out)
+    assert manifest["written_this_run"] == len(src) - len(partial) == len(mask_writes)
+    assert not set(mask_writes) & set(partial), "a mask of the interrupted run was rewritten"
+    after = digests(out)
     assert len(after) == len(src)
-    for p, t in partial.items():
-        assert after[p] == t, f"{p} was rewritten on resume"
+    assert {p: after[p] for p in partial} == partial
     # A rerun with the same checkpoint writes no mask.
+    mask_writes.clear()
     again = run(src, out, step=3)
-    assert again["written_this_run"] == 0
-    assert mtimes(out) == after
+    assert again["written_this_run"] == 0 and mask_writes == []
+    assert digests(out) == after
     assert again["quality"] == manifest["quality"]  # read back from the PNGs: same numbers
 
 
@@ -147,7 +166,7 @@ def test_new_checkpoint_replaces_stale_masks(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(Interrupting(src, fail_at=2), out, step=9)
     assert not (out / "manifest.json").exists()
-    n_new = len(mtimes(out))
+    n_new = len(digests(out))
     assert n_new < len(src)  # the step-3 masks are gone, only step-9 ones remain
     manifest = run(src, out, step=9)
     assert manifest["checkpoint_step"] == 9

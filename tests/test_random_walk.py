@@ -103,12 +103,24 @@ def test_walk_preserves_constant_logits():
         np.testing.assert_allclose(np.asarray(out), 3.0, rtol=1e-5)
 
 
-def test_auto_method_and_errors():
-    # 37x53 -> 35 nodes (dense), 91x99 -> 156 nodes (sparse) with the measured threshold.
+def test_auto_method_and_errors(monkeypatch):
+    # 37x53 -> 35 nodes (dense), 91x99 -> 156 nodes (sparse) with the measured threshold. The
+    # two walks agree to ~1e-8, so the choice itself is checked by recording which one ran.
     assert 35 <= rw.AUTO_DENSE_MAX_NODES < 156
+    calls = []
+    for name in ("walk_dense", "walk_sparse"):
+        original = getattr(rw, name)
+
+        def recording(*args, _name=name, _original=original, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(rw, name, recording)
     for hw, expected in (((37, 53), "dense"), ((91, 99), "sparse")):
         logits, feats = _inputs(7, 1, *hw)
+        calls.clear()
         auto = rw.refine(logits, feats, method="auto")
+        assert calls == [f"walk_{expected}"], (hw, calls)
         ref = rw.refine(logits, feats, method=expected)
         np.testing.assert_allclose(np.asarray(auto), np.asarray(ref), atol=1e-7)
     with pytest.raises(ValueError, match="method"):

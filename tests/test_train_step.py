@@ -166,26 +166,48 @@ def test_trunk_lr_multiplier_scales_only_the_trunk():
 
 
 def test_adam_weight_decay_is_l2_in_the_gradient():
-    """torch Adam(weight_decay=wd) adds wd * p to the gradient before the moments."""
+    """torch Adam(weight_decay=wd) adds wd * p to the gradient before the moments.
+
+    The values are chosen so that decoupled AdamW and another wd give other parameters: after the
+    first step AdamW would move ``w`` by -lr * (sign(g) + wd * p) = (0, -0.2), L2 moves it by
+    -lr * sign(g + wd * p) = (+0.1, -0.1); the second step checks the moments too.
+    """
     import ml_collections
 
+    lr, b1, b2, eps, wd = 0.1, 0.9, 0.999, 1e-8, 0.5
     cfg = ml_collections.ConfigDict(
         dict(
             name="adam",
-            lr=0.1,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-            weight_decay=0.5,
+            lr=lr,
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            weight_decay=wd,
             trunk_lr_mult=1.0,
             clip_grad_norm=0.0,
         )
     )
     tx = train_lib.make_optimizer(cfg)
-    p = {"w": jnp.array([2.0])}
-    upd, _ = tx.update({"w": jnp.array([0.0])}, tx.init(p), p)
-    # g = 0 + 0.5 * 2 = 1 -> first Adam step moves by -lr * sign(g).
-    np.testing.assert_allclose(upd["w"], [-0.1], rtol=1e-5)
+    grads = [np.array([-3.0, 0.5]), np.array([1.0, 0.25])]
+    params = {"w": jnp.array([2.0, 2.0])}
+    state = tx.init(params)
+    # torch.optim.Adam written out (float64).
+    p, m, v = np.array([2.0, 2.0]), np.zeros(2), np.zeros(2)
+    expected = []
+    for t, g in enumerate(grads, start=1):
+        g = g + wd * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+        expected.append(p.copy())
+    got = []
+    for g in grads:
+        upd, state = tx.update({"w": jnp.asarray(g, jnp.float32)}, state, params)
+        params = {"w": params["w"] + upd["w"]}
+        got.append(np.asarray(params["w"]))
+    np.testing.assert_allclose(got[0], [2.1, 1.9], rtol=1e-6)
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
+    np.testing.assert_allclose(got[1], expected[1], rtol=1e-6)
 
 
 def test_prepare_batch_marks_padding_unlabelled():

@@ -63,6 +63,34 @@ def _synthetic_torchvision(seed=1):
     return arrays
 
 
+def _numpy_vgg_fc7(arrays, x_nhwc):
+    """The torchvision VGG-16 layout in plain numpy (float64): conv1_1 pad 100, ceil-mode pools,
+    up to relu(classifier.3). Independent of the model code and of PyTorch."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    y = np.asarray(x_nhwc, np.float64)
+    idx = 0
+    for n_convs in (2, 2, 3, 3, 3):
+        for _ in range(n_convs):
+            w = arrays[f"features.{idx}.weight"].astype(np.float64)  # (out, in, 3, 3)
+            b = arrays[f"features.{idx}.bias"].astype(np.float64)
+            pad = 100 if idx == 0 else 1
+            y = np.pad(y, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+            win = sliding_window_view(y, (3, 3), axis=(1, 2))  # (B, H, W, in, 3, 3)
+            y = np.maximum(np.einsum("bhwikl,oikl->bhwo", win, w) + b, 0.0)
+            idx += 2  # conv, relu
+        h, w_ = y.shape[1:3]
+        y = np.pad(
+            y, ((0, 0), (0, h % 2), (0, w_ % 2), (0, 0)), constant_values=-np.inf
+        )  # ceil mode
+        y = y.reshape(y.shape[0], y.shape[1] // 2, 2, y.shape[2] // 2, 2, -1).max(axis=(2, 4))
+        idx += 1  # pool
+    assert y.shape[1:3] == (7, 7), "input chosen so that pool5 is exactly 7x7"
+    flat = np.transpose(y, (0, 3, 1, 2)).reshape(y.shape[0], -1)  # torch flattens (C, H, W)
+    fc6 = np.maximum(flat @ arrays["classifier.0.weight"].T + arrays["classifier.0.bias"], 0.0)
+    return np.maximum(fc6 @ arrays["classifier.3.weight"].T + arrays["classifier.3.bias"], 0.0)
+
+
 def _torch_vgg_fc7(arrays, x_nhwc):
     """torchvision-layout VGG-16 (conv1_1 pad 100, ceil-mode pools) up to relu(classifier.3)."""
     torch = pytest.importorskip("torch")
@@ -117,9 +145,11 @@ def test_torchvision_round_trip(tmp_path, small_model, fmt):
     np.testing.assert_array_equal(np.asarray(small_model.upscore8.kernel[...]), head_before)
     # 10x10 input: (10 + 198) -> 104 -> 52 -> 26 -> 13 -> 7, so fc6 sees exactly one 7x7 window.
     x = np.random.default_rng(0).normal(size=(2, 10, 10, 3)).astype(np.float32)
-    np.testing.assert_allclose(
-        _our_fc7(small_model, x), _torch_vgg_fc7(arrays, x), rtol=1e-4, atol=1e-4
-    )
+    ours = _our_fc7(small_model, x)
+    assert np.abs(ours).max() > 0.1  # not a dead network
+    np.testing.assert_allclose(ours, _numpy_vgg_fc7(arrays, x), rtol=1e-4, atol=1e-4)
+    if fmt == "pth":  # torch is there: its own layers agree too
+        np.testing.assert_allclose(ours, _torch_vgg_fc7(arrays, x), rtol=1e-4, atol=1e-4)
 
 
 def test_torchvision_errors_are_listed(tmp_path, small_model):
