@@ -1,11 +1,13 @@
 """Learning curves of training runs: validation figures against steps, as one PNG.
 
     python -m alcfcn_jax.curves --out=docs/learning_curves.png \
-        runs/lcfcn:LCFCN runs/alcfcn:A-LCFCN [--metrics=val_mae,val_box_hit_rate]
+        runs/lcfcn:LCFCN runs/alcfcn:A-LCFCN [--metrics=val_mae,val_box_hit_rate] [--table]
 
 Reads each run's ``metrics.jsonl`` (the ``val`` rows), draws one panel per metric with a line
 per run, and for ``val_mae`` a dashed line at the median-count baseline when a run logged one.
-Plain PIL, so it needs nothing beyond the package's dependencies.
+``--table`` also prints a markdown table: per run, the validation row with the lowest count MAE
+(the checkpoint that ``select_metric="mae"`` keeps) and the last one. Plain PIL, so it needs
+nothing beyond the package's dependencies.
 """
 
 from __future__ import annotations
@@ -116,11 +118,45 @@ def plot(
     return img
 
 
+TABLE_COLUMNS = (
+    ("MAE", "val_mae"),
+    ("GAME(1)", "val_game_l1"),
+    ("GAME(2)", "val_game_l2"),
+    ("GAME(3)", "val_game_l3"),
+    ("hit rate", "val_box_hit_rate"),
+    ("precision", "val_box_precision"),
+)
+
+
+def table(runs: Sequence[tuple[str, dict[str, list[tuple[int, float]]], float | None]]) -> str:
+    """Markdown rows: each run's lowest-MAE validation row (``best``) and its last one."""
+    head = "| run | row | step | " + " | ".join(n for n, _ in TABLE_COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (3 + len(TABLE_COLUMNS))]
+    for label, curves, baseline in runs:
+        mae = curves.get("val_mae", [])
+        if not mae:
+            lines.append(f"| {label} | no validation rows |" + " |" * (1 + len(TABLE_COLUMNS)))
+            continue
+        best_step = min(mae, key=lambda sv: (sv[1], sv[0]))[0]
+        for name, step in (("best", best_step), ("last", mae[-1][0])):
+            cells = []
+            for _, key in TABLE_COLUMNS:
+                value = dict(curves.get(key, [])).get(step)
+                cells.append("" if value is None else f"{value:.3f}")
+            lines.append(f"| {label} | {name} | {step} | " + " | ".join(cells) + " |")
+        if baseline is not None:
+            lines.append(
+                f"| {label} | always median | | {baseline:.3f} |" + " |" * (len(TABLE_COLUMNS) - 1)
+            )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", help="WORKDIR[:LABEL] of each run")
     parser.add_argument("--out", required=True, help="PNG to write")
     parser.add_argument("--metrics", default="val_mae,val_box_hit_rate,val_box_precision")
+    parser.add_argument("--table", action="store_true", help="also print a markdown table")
     args = parser.parse_args(argv)
     runs = []
     for spec in args.runs:
@@ -129,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
         runs.append((label or pathlib.Path(workdir).name, curves, baseline))
     image = plot(runs, [m for m in args.metrics.split(",") if m])
     path = save_png_atomic(image, args.out)
+    if args.table:
+        print(table(runs))
     print(path)
     return path
 
