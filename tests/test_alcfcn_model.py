@@ -194,8 +194,23 @@ def test_build_model_dispatch():
     ids=["efficientnet_lite0", "fcn8_vgg16"],
 )
 def test_build_model_other_networks(cfg):
-    abstract = nnx.eval_shape(lambda: build_model(_cfg(**cfg), rngs=nnx.Rngs(0)))
-    assert isinstance(abstract, nnx.Module)
+    """The other networks build and map an image to per-pixel 2-class logits (shapes only)."""
+    from alcfcn_jax.models.vgg16_fcn8 import FCN8VGG16
+
+    model_cfg = _cfg(**cfg)
+
+    def forward():
+        model = build_model(model_cfg, rngs=nnx.Rngs(0))
+        return model, model(jnp.zeros((2, 45, 70, 3), jnp.float32))
+
+    model, logits = nnx.eval_shape(forward)
+    assert logits.shape == (2, 45, 70, 2)
+    if model_cfg.name == "fcn8_vgg16":
+        assert isinstance(model, FCN8VGG16)
+    else:
+        assert isinstance(model, ALCFCN) and model.with_affinity
+        assert type(model.trunk).__name__ == "EfficientNetLite0Trunk"
+        assert logits.dtype == jnp.float32
 
 
 def test_weights_hook_loads_resnet38(tmp_path):

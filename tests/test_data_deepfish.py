@@ -47,7 +47,7 @@ def _check_example(ex, subset):
     assert ex["habitat"] == ex["id"].split("/")[1].split("_")[0]
 
 
-def test_builder_prepare_and_read_every_config_and_split(tree):
+def test_builder_prepare_and_read_every_config_and_split(tree, monkeypatch):
     cfg = _cfg(tree, reader="tfds")
     raw = _cfg(tree, reader="raw")
     root = tree_lib.DeepFishTree(tree)
@@ -64,8 +64,22 @@ def test_builder_prepare_and_read_every_config_and_split(tree):
                 other = by_id[ex["id"]]  # TFDS path == direct path, exactly
                 for k in ("image", "points", "mask", "count", "habitat"):
                     np.testing.assert_array_equal(ex[k], other[k], err_msg=f"{name} {k}")
-    # Preparing again is a no-op that reads the same files.
+    # Preparing again is a no-op: no example is generated and no prepared file changes.
+    from alcfcn_jax.data.deepfish.deepfish_dataset_builder import DeepFish
+
+    def files():
+        base = pathlib.Path(cfg.tfds_dir)
+        return {p: p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
+
+    before = files()
+    assert before
+
+    def regenerate(*args, **kwargs):
+        raise AssertionError("the prepared dataset was generated again")
+
+    monkeypatch.setattr(DeepFish, "_generate_examples", regenerate)
     assert len(get_source(cfg, "fish_seg:train")) == len(root.seg_ids("train"))
+    assert files() == before
 
 
 def test_builder_default_configs_at_short_side_256(tree):
