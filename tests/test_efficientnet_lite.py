@@ -1,5 +1,8 @@
 """EfficientNet-Lite0: architecture, strides, torch parity of a block, weight import, ImageNet check."""
 
+import json
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -156,6 +159,28 @@ def test_bfloat16_trunk():
         a, b = np.asarray(o32[name]), np.asarray(o16[name], np.float32)
         assert np.all(np.isfinite(b))
         assert np.abs(a - b).mean() <= 0.05 * np.abs(a).mean() + 1e-3
+
+
+def _published_names(name):
+    """{checkpoint name: shape} of a published checkpoint, written out once with PyTorch
+    (``tests/fixtures/weight_names/``): independent of the mapping code."""
+    path = pathlib.Path(__file__).parent / "fixtures" / "weight_names" / f"{name}.json"
+    return {k: tuple(v) for k, v in json.loads(path.read_text())["shapes"].items()}
+
+
+def test_mapping_covers_the_published_lite0_names():
+    published = _published_names("efficientnet_lite0")
+    trunk = nnx.eval_shape(lambda: EfficientNetLite0Trunk(rngs=nnx.Rngs(0)))
+    mapping = trunk_mapping(trunk)
+    # Everything but the ImageNet classifier and torch's BatchNorm step counters.
+    expected = {
+        k for k in published if not k.startswith("_fc.") and not k.endswith("num_batches_tracked")
+    }
+    assert set(mapping) == expected
+    flat = {tuple(p): v for p, v in nnx.to_flat_state(nnx.state(trunk))}
+    for name, (target, transform) in mapping.items():
+        dummy = np.empty(published[name], np.float32)
+        assert transform.to_model(dummy).shape == tuple(flat[tuple(target)].shape), name
 
 
 def test_import_round_trip_and_errors(tmp_path):

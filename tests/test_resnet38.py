@@ -6,6 +6,9 @@ The torch replica (``benchmarks/torch_reference.py``) is written from the refere
 meta device for names/shapes).
 """
 
+import json
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -221,11 +224,23 @@ def test_affinity_head_matches_torch():
     _assert_close(out, ref)
 
 
-def test_full_reference_names_and_shapes_match_mapping():
+def _published_names():
+    """{name: shape} of the resnet38_aff checkpoints (SEAM / PSA naming), written out once with
+    PyTorch (``tests/fixtures/weight_names/resnet38_aff.json``): independent of the mapping."""
+    path = pathlib.Path(__file__).parent / "fixtures" / "weight_names" / "resnet38_aff.json"
+    return {k: tuple(v) for k, v in json.loads(path.read_text())["shapes"].items()}
+
+
+def test_published_names_fixture_is_the_torch_replica():
     torch, TNet, _, _ = _torch_replica(64)
     with torch.device("meta"):
         tnet = TNet()
-    ref = {k: tuple(v.shape) for k, v in tnet.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in tnet.state_dict().items()} == _published_names()
+
+
+def test_full_reference_names_and_shapes_match_mapping():
+    ref = _published_names()
+    assert "conv1a.weight" in ref and "b2.bn_branch2a.running_var" in ref and "f9.weight" in ref
     abstract = nnx.eval_shape(lambda: ALCFCN(ResNet38d(rngs=nnx.Rngs(0)), 2, rngs=nnx.Rngs(1)))
     mapping = resnet38_mapping(abstract)
     expected = {k for k in ref if not k.endswith("num_batches_tracked")}

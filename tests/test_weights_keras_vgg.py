@@ -52,15 +52,49 @@ def small_model():
     return _small()
 
 
+# torchvision's vgg16 state dict: the conv layers of ``features`` (ReLU and pooling layers in
+# between take the other indices) and the three Linear layers of ``classifier``. Written out
+# from torchvision's naming, not from the importer's mapping.
+TORCHVISION_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+TORCHVISION_BLOCK_OF_CONV = (0, 0, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4)
+
+
+def _torchvision_shapes(channels=SMALL["channels"], fc=SMALL["fc_width"]):
+    shapes, in_ch = {}, 3
+    for idx, block in zip(TORCHVISION_CONV_INDICES, TORCHVISION_BLOCK_OF_CONV, strict=True):
+        out_ch = channels[block]
+        shapes[f"features.{idx}.weight"] = (out_ch, in_ch, 3, 3)
+        shapes[f"features.{idx}.bias"] = (out_ch,)
+        in_ch = out_ch
+    shapes.update(
+        {
+            "classifier.0.weight": (fc, in_ch * 49),
+            "classifier.0.bias": (fc,),
+            "classifier.3.weight": (fc, fc),
+            "classifier.3.bias": (fc,),
+            "classifier.6.weight": (1000, fc),
+            "classifier.6.bias": (1000,),
+        }
+    )
+    return shapes
+
+
 def _synthetic_torchvision(seed=1):
     """A torchvision-named state dict of the SMALL architecture, with random values."""
-    src = _small(seed)
-    arrays = export_arrays(src, torchvision_vgg16_mapping())
     rng = np.random.default_rng(seed)
-    arrays = {k: rng.normal(0, 0.3, v.shape).astype(np.float32) for k, v in arrays.items()}
-    arrays["classifier.6.weight"] = rng.normal(size=(1000, SMALL["fc_width"])).astype(np.float32)
+    arrays = {
+        k: rng.normal(0, 0.3, shape).astype(np.float32)
+        for k, shape in _torchvision_shapes().items()
+    }
     arrays["classifier.6.bias"] = np.zeros(1000, np.float32)
     return arrays
+
+
+def test_torchvision_mapping_names_are_torchvisions():
+    assert set(torchvision_vgg16_mapping()) == set(_torchvision_shapes()) - {
+        "classifier.6.weight",
+        "classifier.6.bias",
+    }
 
 
 def _numpy_vgg_fc7(arrays, x_nhwc):
