@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from alcfcn_jax.data.source import example_count
+
 
 class SubsetSource(Sequence):
     """The examples ``indices`` of ``source``, in that order."""
@@ -23,6 +25,10 @@ class SubsetSource(Sequence):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def label_count(self, index: int) -> int:
+        """The example's ``count``, from the wrapped source (see ``data.source.example_count``)."""
+        return example_count(self.source, self.indices[index])
 
     def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
         return self.source[self.indices[index]]
@@ -43,7 +49,7 @@ def budget_subset(
     """
     if n_background == 0 and n_fish == 0:
         return source
-    counts = np.asarray([int(source[i]["count"]) for i in range(len(source))])
+    counts = np.asarray([example_count(source, i) for i in range(len(source))])
     background = np.flatnonzero(counts == 0)
     fish = np.flatnonzero(counts > 0)
     if len(background) < n_background or len(fish) < n_fish:

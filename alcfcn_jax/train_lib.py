@@ -40,6 +40,7 @@ from flax import nnx
 from alcfcn_jax import config_utils
 from alcfcn_jax import sharding as shd
 from alcfcn_jax.checkpoint import Checkpointer
+from alcfcn_jax.data.source import example_count
 from alcfcn_jax.losses.affinity import affinity_labels, affinity_loss
 from alcfcn_jax.metric_writer import MetricWriter
 
@@ -604,7 +605,7 @@ def count_baseline(train_source: Any, val_rows: list[Mapping[str, Any]]) -> dict
       train_source: the training source (its ``count`` fields are read).
       val_rows: per-image validation rows with ``true_count`` (from ``evaluate(per_image=True)``).
     """
-    counts = np.asarray([int(train_source[i]["count"]) for i in range(len(train_source))])
+    counts = np.asarray([example_count(train_source, i) for i in range(len(train_source))])
     median = float(np.median(counts))
     true = np.asarray([r["true_count"] for r in val_rows], np.float64)
     return {

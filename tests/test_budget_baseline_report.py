@@ -45,6 +45,7 @@ def test_budget_subset_zero_is_the_source_and_too_many_is_an_error():
 
 
 def test_count_baseline_by_hand():
+    """Counts are read through ``example_count`` (plain example dicts here)."""
     # Training counts 0,0,0,0,0,0,1,2,3,5 -> median 0; validation counts 0, 2, 4 -> MAE 2.
     got = train_lib.count_baseline(_source(), [{"true_count": c} for c in (0, 2, 4)])
     assert got == {"median_train_count": 0.0, "median_baseline_mae": 2.0}

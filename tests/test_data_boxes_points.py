@@ -199,3 +199,19 @@ def test_clicks_bad_input(tmp_path):
     (d / "points.csv").write_text("image,x,y\n")
     with pytest.raises(DataError, match=r"images: folder not found"):
         get_source(cfg, "all")
+
+
+def test_example_count_reads_labels_not_images():
+    from alcfcn_jax.budget_source import SubsetSource
+    from alcfcn_jax.data.source import example_count
+
+    src = get_source(default_data_config("sample"), "val")
+    want = [int(src[i]["count"]) for i in range(len(src))]
+
+    def refuse(item):
+        raise AssertionError("an image was decoded to read a count")
+
+    src._load = refuse
+    assert [example_count(src, i) for i in range(len(src))] == want
+    sub = SubsetSource(src, [3, 1])
+    assert [example_count(sub, i) for i in range(2)] == [want[3], want[1]]

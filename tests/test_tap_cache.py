@@ -97,6 +97,11 @@ def test_cached_batches_give_the_uncached_loss(tmp_path, dtype, rtol):
         batch_size=3,
     )
     cached = tap_cache.TapSource(raw, store, BATCHING)
+    from alcfcn_jax.data.source import example_count
+
+    assert [example_count(cached, i) for i in range(len(raw))] == [
+        int(raw[i]["count"]) for i in range(len(raw))
+    ]
     graphdef, state = nnx.split(model)
 
     @jax.jit

@@ -185,4 +185,5 @@ def box_source(data_cfg: Any, root: str | pathlib.Path, split: str) -> MappedSou
         f"boxes[{split}] {folder}",
         fingerprint=lambda it: hashlib.sha256(it[0].read_bytes()).hexdigest(),
         settings={"reader": "boxes", **pp.Preprocessing(short, letterbox).to_dict()},
+        label_count=lambda it: len(it[1]),
     )

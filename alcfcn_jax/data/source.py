@@ -32,6 +32,8 @@ class MappedSource(Sequence):
         decoding it (e.g. a hash of the file's bytes); with ``settings`` (the preprocessing, a
         JSON-able dict) it stands for the decoded image (the feature cache's key).
       settings: see ``fingerprint``.
+      label_count: optional ``descriptor -> int``, the example's ``count`` without loading it
+        (e.g. the number of boxes in its label file); see :func:`example_count`.
     """
 
     def __init__(
@@ -42,16 +44,22 @@ class MappedSource(Sequence):
         *,
         fingerprint: Callable[[Any], str] | None = None,
         settings: dict[str, Any] | None = None,
+        label_count: Callable[[Any], int] | None = None,
     ) -> None:
         self.items = list(items)
         self._load = load
         self.name = name
         self._fingerprint = fingerprint
         self.settings = settings
+        self._label_count = label_count
 
     def fingerprint(self, index: int) -> str | None:
         """The example's content fingerprint (see the class doc), or None if it has none."""
         return None if self._fingerprint is None else self._fingerprint(self.items[index])
+
+    def label_count(self, index: int) -> int | None:
+        """The example's ``count`` without decoding it, or None when the reader cannot tell."""
+        return None if self._label_count is None else int(self._label_count(self.items[index]))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -63,6 +71,20 @@ class MappedSource(Sequence):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}: {len(self)} examples>"
+
+
+def example_count(source: Sequence[Example], index: int) -> int:
+    """``source[index]["count"]``, read without decoding the image when the source can.
+
+    Sources that wrap another one (a subset, cached taps) expose ``source`` and keep its order,
+    or offer ``label_count(index)`` themselves.
+    """
+    label_count = getattr(source, "label_count", None)
+    if callable(label_count):
+        n = label_count(index)
+        if n is not None:
+            return int(n)
+    return int(source[index]["count"])
 
 
 class PseudoMaskSource(Sequence):

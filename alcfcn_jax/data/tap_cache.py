@@ -44,6 +44,7 @@ import numpy as np
 from absl import logging
 
 from alcfcn_jax.data import pipeline
+from alcfcn_jax.data.source import example_count
 
 FORMAT_VERSION = 1
 Extract = Callable[[np.ndarray], Mapping[str, np.ndarray]]
@@ -386,6 +387,10 @@ class TapSource(Sequence):
 
     def __len__(self) -> int:
         return len(self.source)
+
+    def label_count(self, index: int) -> int:
+        """The example's ``count``, from the wrapped source (no image decoded when it can)."""
+        return example_count(self.source, index)
 
     def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
         if not -len(self) <= index < len(self):
