@@ -15,16 +15,57 @@ from alcfcn_jax.data import boxes as boxes_lib
 
 def test_sample_shipped_small_and_covers_all_habitats():
     size = sum(p.stat().st_size for p in SAMPLE_DIR.rglob("*") if p.is_file())
-    assert size < 3_000_000
+    assert size < 7_000_000  # the package data stays well under 10 MB
     assert (SAMPLE_DIR / "README.md").read_text().count("CC BY 4.0") >= 1
     habs = {}
-    for split in ("train", "val"):
+    for split, n in (("train", 400), ("val", 80)):
         src = get_source(default_data_config("sample"), split)
-        assert len(src) == 80
+        assert len(src) == n
         habs[split] = {src[i]["habitat"] for i in range(0, len(src), 20)} | {
             p.stem.split("_")[0] for p, _ in src.items
         }
     assert len(habs["train"]) == len(habs["val"]) == 20
+    train_ids = {p.stem for p, _ in get_source(default_data_config("sample"), "train").items}
+    val_ids = {p.stem for p, _ in get_source(default_data_config("sample"), "val").items}
+    assert not train_ids & val_ids
+
+
+def test_make_sample_rule_on_a_made_up_folder(tmp_path):
+    from alcfcn_jax.data import make_sample
+
+    src = tmp_path / "frames"
+    (src / "images").mkdir(parents=True)
+    (src / "labels").mkdir()
+    sizes = {"1111": 30, "2222": 12}  # habitat -> frames
+    for hab, n in sizes.items():
+        for i in range(n):
+            stem = f"{hab}_f{i:06d}_jpg.rf.{i:032x}"
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / "images" / f"{stem}.jpg")
+            (src / "labels" / f"{stem}.txt").write_text("0 0.5 0.5 0.1 0.1\n" * (i % 3))
+    chosen = make_sample.select(src, train_per_habitat=5)
+
+    def frames(split, hab):
+        return [int(p.stem.split("_f")[1][:6]) for p in chosen[split] if p.stem.startswith(hab)]
+
+    # 30 frames: the 8 picks are int((k + 0.5) * 30 / 8) = 1, 5, 9, 13, 16, 20, 24, 28; odd k -> val.
+    assert frames("val", "1111") == [5, 13, 20, 28]
+    # Train: 5 spaced picks over the 26 others (0..29 without the val frames).
+    rest = [i for i in range(30) if i not in (5, 13, 20, 28)]
+    assert frames("train", "1111") == [rest[int((k + 0.5) * 26 / 5)] for k in range(5)]
+    assert frames("val", "2222") == [int((k + 0.5) * 12 / 8) for k in (1, 3, 5, 7)]
+    assert len(frames("train", "2222")) == 5
+    assert not set(chosen["train"]) & set(chosen["val"])
+    dst = tmp_path / "sample"
+    counts = make_sample.main([str(src), f"--dst={dst}", "--train_per_habitat=5"])
+    assert counts == {"train": 10, "val": 8}
+    for split in ("train", "val"):
+        images = sorted(p.stem for p in (dst / split / "images").iterdir())
+        labels = sorted(p.stem for p in (dst / split / "labels").iterdir())
+        assert images == labels == sorted(p.stem for p in chosen[split])
+        for stem in labels:  # copied unchanged
+            assert (dst / split / "labels" / f"{stem}.txt").read_text() == (
+                src / "labels" / f"{stem}.txt"
+            ).read_text()
 
 
 def test_letterbox_detected_on_real_frames():
