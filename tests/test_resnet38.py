@@ -281,6 +281,42 @@ def test_reduced_network_matches_torch_end_to_end(tmp_path):
     print("max relative errors conv4/conv5/conv6/cam8/aff:", [f"{e:.1e}" for e in errs])
 
 
+TORCH_FREE = pathlib.Path(__file__).parent / "fixtures" / "torch_free"
+
+
+def test_reduced_network_matches_committed_torch_outputs():
+    """The PyTorch replica at width 4 (tests/fixtures/torch_free/make_fixtures.py): its float16
+    checkpoint imported without torch reproduces its taps, fc8 map and affinity features."""
+    model = ALCFCN(ResNet38d(width=4, rngs=nnx.Rngs(0)), 2, rngs=nnx.Rngs(1))
+    assert load_resnet38(model, TORCH_FREE / "resnet38_w4.pth") == []
+    with np.load(TORCH_FREE / "resnet38_w4_outputs.npz") as f:
+        taps = model.trunk(jnp.asarray(f["x"]))
+        got = {
+            "conv4": taps["conv4"],
+            "conv5": taps["conv5"],
+            "conv6": taps["conv6"],
+            "cam8": model.cam_head(taps["conv6"]),
+            "aff": model.aff_head(taps),
+        }
+        for name, value in got.items():
+            want = f[name]
+            scale = float(np.abs(want).max())
+            assert scale > 0, name
+            np.testing.assert_allclose(np.asarray(value), want, atol=1e-5 * scale, rtol=0)
+
+
+def test_two_pass_eval_forward_matches_committed_torch_outputs():
+    """The reference's eval forward (two trunk passes, dense walk) on an 85x93 image."""
+    model = ALCFCN(ResNet38d(width=4, rngs=nnx.Rngs(0)), 2, trunk_mode="two_pass", rngs=nnx.Rngs(1))
+    load_resnet38(model, TORCH_FREE / "resnet38_w4.pth")
+    with np.load(TORCH_FREE / "resnet38_w4_outputs.npz") as f:
+        logits, aux = model(jnp.asarray(f["x2"]), train=False, return_aux=True)
+        scale = float(np.abs(f["refined"]).max())
+        np.testing.assert_allclose(np.asarray(aux["cam"]), f["cam"], atol=1e-5 * scale, rtol=0)
+        np.testing.assert_allclose(np.asarray(logits), f["refined"], atol=1e-5 * scale, rtol=0)
+        assert np.abs(f["refined"] - f["cam"]).max() > 0.05 * scale  # the walk changed them
+
+
 def test_importer_lists_missing_unexpected_misshaped(tmp_path):
     torch, TNet, _, _ = _torch_replica(8)
     sd = TNet().state_dict()

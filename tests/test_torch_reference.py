@@ -19,9 +19,13 @@ from alcfcn_jax.ops import random_walk as rw
 from alcfcn_jax.weights.resnet38 import load_resnet38
 from benchmarks import torch_reference as tr
 
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
-ns = tr.torch_namespace()
+try:
+    import torch
+except ImportError:  # each test that needs it is reported as skipped on its own
+    torch = None
+F = torch.nn.functional if torch is not None else None
+ns = tr.torch_namespace() if torch is not None else None
+needs_torch = pytest.mark.skipif(torch is None, reason="needs PyTorch: pip install -e '.[torch]'")
 
 SMALL_VGG = {"channels": (8, 8, 8, 8, 8), "fc_width": 8}
 
@@ -46,6 +50,7 @@ def test_importing_the_module_does_not_need_torch():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tr.ROOT)
 
 
+@needs_torch
 @pytest.mark.parametrize("name", ["pairs_r5_12x20", "pairs_r5_32x57", "pairs_r3_8x12"])
 def test_pairs_match_reference(name):
     fx = load_fixture(name)
@@ -61,6 +66,7 @@ def test_pairs_match_reference(name):
     ]
 
 
+@needs_torch
 @pytest.mark.parametrize("name", ["rw_small", "rw_tiny_radius_fallback"])
 def test_affinity_and_random_walk_match_reference_fixtures(name):
     fx = load_fixture(name)
@@ -70,6 +76,7 @@ def test_affinity_and_random_walk_match_reference_fixtures(name):
     np.testing.assert_allclose(out.numpy(), fx["logits_rw"], atol=1e-5, rtol=0)
 
 
+@needs_torch
 @pytest.mark.parametrize("hw", [(37, 53), (91, 99)])  # radius fallback 2 / radius 5
 def test_random_walk_and_gradients_match_jax_refine(hw):
     rng = np.random.default_rng(hw[0])
@@ -98,6 +105,7 @@ def test_random_walk_and_gradients_match_jax_refine(hw):
     np.testing.assert_allclose(np.asarray(gf), gf_t, atol=1e-4 * np.abs(gf_t).max(), rtol=0)
 
 
+@needs_torch
 @pytest.mark.parametrize("name", ["lcfcn_iid_5pts", "lcfcn_many", "lcfcn_bg_only"])
 def test_lcfcn_loss_and_gradient_match_reference(name):
     fx = load_fixture(name)
@@ -108,6 +116,7 @@ def test_lcfcn_loss_and_gradient_match_reference(name):
     np.testing.assert_allclose(logits.grad.numpy(), fx["dloss_dlogits"], atol=1e-5, rtol=0)
 
 
+@needs_torch
 def test_vgg_head_initialisation():
     vgg = ns.FCN8VGG16Torch(2, **SMALL_VGG)
     for name in ("upscore2", "upscore_pool4", "upscore8"):
@@ -127,6 +136,7 @@ def _tiny_reference(seed=0):
     return model
 
 
+@needs_torch
 def test_train_mode_semantics():
     model = _tiny_reference()
     model.train()
@@ -144,6 +154,7 @@ def test_train_mode_semantics():
     assert model.eval() is model and not model.model_aff.dropout7.training
 
 
+@needs_torch
 def test_reference_step_updates_trainable_weights_only():
     model = _tiny_reference(seed=1)
     model.train()
@@ -171,6 +182,7 @@ def test_reference_step_updates_trainable_weights_only():
     assert not torch.allclose(a, b)
 
 
+@needs_torch
 def test_eval_forward_matches_jax_two_pass_model():
     torch.manual_seed(4)
     net = ns.ResNet38Aff(8, 2)

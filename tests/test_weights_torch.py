@@ -1,7 +1,9 @@
 """Torch-free checkpoint reading (restricted unpickler) and the checked name/shape mapping."""
 
 import collections
+import json
 import os
+import pathlib
 import pickle
 import zipfile
 
@@ -63,6 +65,29 @@ def test_reads_tensors_exactly(tmp_path, legacy):
             assert out[k].dtype == ref.numpy().dtype, k
             assert out[k].shape == tuple(ref.shape), k
             np.testing.assert_array_equal(out[k], ref.numpy())
+
+
+TORCH_FREE = pathlib.Path(__file__).parent / "fixtures" / "torch_free"
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_reads_committed_torch_save_files_exactly(fmt):
+    """Files written by torch.save (tests/fixtures/torch_free/make_fixtures.py), read without
+    torch: every dtype, a transposed view, a storage offset, a 0-d and an empty tensor."""
+    out = torch_pickle.load_state_dict(TORCH_FREE / f"state_dict_{fmt}.pth")
+    dtypes = json.loads((TORCH_FREE / "state_dict_dtypes.json").read_text())
+    with np.load(TORCH_FREE / "state_dict_expected.npz") as expected:
+        assert list(out) == list(dtypes) == sorted(expected.files, key=list(dtypes).index)
+        for k, dtype in dtypes.items():
+            want = expected[k]
+            if dtype == "bfloat16":
+                assert str(out[k].dtype) == "bfloat16"
+                np.testing.assert_array_equal(out[k].astype(np.float32), want)
+            else:
+                assert out[k].dtype == want.dtype and out[k].shape == want.shape, k
+                np.testing.assert_array_equal(out[k], want)
+    assert out["transposed"].shape == (7, 5) and out["scalar"].shape == ()
+    assert out["half"].dtype == np.float16 and out["flag"].dtype == np.bool_
 
 
 def test_nested_dict_and_module_prefix(tmp_path):
