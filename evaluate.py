@@ -19,6 +19,11 @@ _SPLIT = flags.DEFINE_string("split", "test", "train | val | test, or a dataset 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
 _MODE = flags.DEFINE_enum("mode", "eval", ["eval", "pseudo_masks"], "What to do.")
 _NUM_OVERLAYS = flags.DEFINE_integer("num_overlays", 8, "Overlay PNGs to write in eval mode.")
+_WALK = flags.DEFINE_bool(
+    "walk",
+    True,
+    "--nowalk: evaluate an A-LCFCN model's activation branch alone (eval/<split>_nowalk/).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -53,6 +58,7 @@ def main(argv):
         split=_SPLIT.value,
         which=which,
         num_overlays=_NUM_OVERLAYS.value,
+        walk=_WALK.value,
     )
     print(
         f"{_SPLIT.value}: mIoU {result['miou']:.4f}  fish IoU {result['iou_fish']:.4f}  "

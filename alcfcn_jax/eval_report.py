@@ -261,6 +261,7 @@ def run_evaluation(
     which: str | int = "best",
     num_overlays: int = 8,
     mesh: jax.sharding.Mesh | None = None,
+    walk: bool = True,
 ) -> dict[str, Any]:
     """Restores a checkpoint, evaluates a split, writes the outputs (process 0). Returns metrics.
 
@@ -271,6 +272,8 @@ def run_evaluation(
       which: ``best``, ``latest`` or a step number.
       num_overlays: overlay PNGs to write (0 = none).
       mesh: the device mesh (default: every device).
+      walk: ``False`` evaluates an A-LCFCN model's activation branch alone (no random walk) and
+        writes to ``<workdir>/eval/<split>_nowalk/``: what the walk adds, measured.
     """
     from alcfcn_jax import checkpoint, evaluation
     from alcfcn_jax import sharding as shd
@@ -280,6 +283,10 @@ def run_evaluation(
 
     workdir = pathlib.Path(workdir)
     model, step, ckpt_meta = checkpoint.restore_for_inference(config, str(workdir), which)
+    if not walk:
+        from alcfcn_jax.models.alcfcn import WithoutWalk
+
+        model = WithoutWalk(model)
     # Images are prepared exactly as in the checkpoint's training run.
     data_cfg = with_preprocessing(config.data, checkpoint.recorded_preprocessing(ckpt_meta, config))
     split_name = resolve_split(data_cfg, split)
@@ -298,7 +305,7 @@ def run_evaluation(
         process_count=jax.process_count(),
     )
     result = evaluation.evaluate(model, batches, mesh=mesh, per_image=True, boxes=boxes)
-    out_dir = workdir / "eval" / split
+    out_dir = workdir / "eval" / (split if walk else f"{split}_nowalk")
     meta = {
         "method": method_name(config),
         "dataset": str(config.data.dataset),
@@ -306,6 +313,7 @@ def run_evaluation(
         "split_name": split_name,
         "checkpoint": str(which),
         "step": int(step),
+        "walk": bool(walk),
         "workdir": str(workdir),
         "model": model_summary(config),
         "checkpoint_meta": _json_safe(dict(ckpt_meta or {})),

@@ -229,3 +229,20 @@ def test_weights_hook_loads_resnet38(tmp_path):
     assert not np.array_equal(  # fc8 allowed missing by default: keeps its fresh init
         np.asarray(dst.cam_head.fc8.kernel[...]), np.asarray(src.cam_head.fc8.kernel[...])
     )
+
+
+def test_without_walk_is_the_activation_branch():
+    from alcfcn_jax.models.alcfcn import WithoutWalk
+
+    model = build_model(_cfg(trunk_mode="single_pass", rw_method="sparse"), rngs=nnx.Rngs(0))
+    x = _image(40, 56)
+    wrapped = WithoutWalk(model)
+    np.testing.assert_array_equal(np.asarray(wrapped(x)), np.asarray(model(x, walk=False)))
+    assert np.abs(np.asarray(wrapped(x)) - np.asarray(model(x))).max() > 1e-6  # the walk acts
+    taps = model.trunk(model.trunk_input(x))
+    np.testing.assert_array_equal(
+        np.asarray(wrapped.from_taps(taps, (40, 56))),
+        np.asarray(model.from_taps(taps, (40, 56), walk=False)),
+    )
+    with pytest.raises(ValueError, match="affinity branch"):
+        WithoutWalk(build_model(_cfg(with_affinity=False), rngs=nnx.Rngs(0)))

@@ -97,6 +97,18 @@ def test_evaluate_py_writes_metrics_report_rows_and_overlays(trained):
     assert metrics["mae"] == pytest.approx(np.mean(errors))
     assert "# Evaluation:" in (out / "report.md").read_text()
     assert len(list((out / "overlays").glob("*.png"))) == 2
+    assert metrics["meta"]["walk"] is True
+    # --nowalk: the activation branch alone, written beside it.
+    _run(
+        "evaluate.py",
+        "--config=configs/deepfish.py:smoke",
+        f"--workdir={trained}",
+        "--split=test",
+        "--num_overlays=0",
+        "--nowalk",
+    )
+    nowalk = json.loads((trained / "eval" / "test_nowalk" / "metrics.json").read_text())
+    assert nowalk["meta"]["walk"] is False and nowalk["num_images"] == metrics["num_images"]
 
 
 def test_predict_cli_writes_one_row_per_fish(trained, tmp_path):

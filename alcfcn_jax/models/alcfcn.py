@@ -267,3 +267,29 @@ class ALCFCN(nnx.Module):
         """
         cam, aff = self.features(images, train=train)
         return self._finish(cam, aff, return_aux=return_aux, walk=walk)
+
+
+class WithoutWalk(nnx.Module):
+    """An A-LCFCN model evaluated without its random walk: its activation branch alone.
+
+    ``WithoutWalk(model)(x) == model(x, walk=False)`` (and the same for ``from_taps``), so the
+    evaluation and overlay code can measure what the walk adds (``evaluate.py --nowalk``).
+    """
+
+    def __init__(self, model: ALCFCN):
+        """Wraps ``model`` (an :class:`ALCFCN` with its affinity branch)."""
+        if not isinstance(model, ALCFCN) or not model.with_affinity:
+            raise ValueError("WithoutWalk needs an A-LCFCN model with its affinity branch")
+        self.model = model
+
+    @property
+    def cacheable(self) -> bool:
+        return self.model.cacheable
+
+    def from_taps(self, taps, size, *, train: bool = False, return_aux: bool = False):
+        """``model.from_taps(..., walk=False)``."""
+        return self.model.from_taps(taps, size, train=train, return_aux=return_aux, walk=False)
+
+    def __call__(self, images, *, train: bool = False, return_aux: bool = False):
+        """``model(images, walk=False)``."""
+        return self.model(images, train=train, return_aux=return_aux, walk=False)
