@@ -40,20 +40,23 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
-    from alcfcn_jax import eval_report, pseudo_masks
+    from alcfcn_jax import config_utils
+    from alcfcn_jax.apps import pseudo_masks
+    from alcfcn_jax.eval import report
 
     # Multi-host: every process runs this program; the coordinator comes from the environment.
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
         jax.distributed.initialize()
+    config = config_utils.resolve(_CONFIG.value)
     which = _which(_CHECKPOINT.value)
     if _MODE.value == "pseudo_masks":
-        manifest = pseudo_masks.write_pseudo_masks(_CONFIG.value, _WORKDIR.value, which=which)
+        manifest = pseudo_masks.write_pseudo_masks(config, _WORKDIR.value, which=which)
         logging.info(
             "pseudo masks: %d from step %d", manifest["count"], manifest["checkpoint_step"]
         )
         return
-    result = eval_report.run_evaluation(
-        _CONFIG.value,
+    result = report.run_evaluation(
+        config,
         _WORKDIR.value,
         split=_SPLIT.value,
         which=which,

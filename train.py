@@ -53,9 +53,9 @@ def main(argv: list[str]) -> None:
     if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and _is_multiprocess_env()):
         jax.distributed.initialize()
         logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
-    from alcfcn_jax import train_lib
+    from alcfcn_jax.train import loop
 
-    train_lib.run(_CONFIG.value, _WORKDIR.value)
+    loop.run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ renames it only when complete, so a crash during a save leaves the previous chec
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 from collections.abc import Mapping
@@ -25,13 +26,13 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers
 
 from alcfcn_jax import config_utils
+from alcfcn_jax import sharding as shd
 
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("model", "opt", "meta", "data")
@@ -65,6 +66,19 @@ def best_mode(metric: str) -> str:
     return "min" if name.startswith(LOWER_IS_BETTER) else "max"
 
 
+def is_better(value: float, best: float | None, metric: str) -> bool:
+    """The one best-checkpoint rule: ``value`` of ``metric`` replaces ``best``.
+
+    A tie replaces the best (the reference's ``>=``: later checkpoints win); a non-finite value
+    never does. Orbax's retention below keeps exactly the checkpoint this rule picks.
+    """
+    if not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value >= best if best_mode(metric) == "max" else value <= best
+
+
 def _preservation_policy(keep: int, metric: str):
     pp = checkpoint_managers.preservation_policy
     sign = -1.0 if best_mode(metric) == "min" else 1.0
@@ -72,7 +86,8 @@ def _preservation_policy(keep: int, metric: str):
         [
             pp.LatestN(n=keep),
             pp.BestN(
-                # Ascending sort, the last is kept: stable, so ties go to the later step.
+                # Ascending sort, the last is kept: stable, so ties go to the later step
+                # (:func:`is_better`).
                 get_metric_fn=lambda m: sign * m[metric],
                 reverse=False,
                 n=1,
@@ -152,24 +167,6 @@ def decode_iterator_state(entry: Mapping[str, Any]) -> Any:
     return entry["state"]
 
 
-def _gather_json(obj: Any) -> list[Any]:
-    """Every process's JSON-able ``obj``, in process order (a one-element list on one process)."""
-    if jax.process_count() == 1:
-        return [obj]
-    from jax.experimental import multihost_utils
-
-    raw = np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)
-    lengths = multihost_utils.process_allgather(np.array([raw.size], np.int32))
-    width = int(np.max(lengths))
-    padded = np.zeros((width,), np.uint8)
-    padded[: raw.size] = raw
-    rows = multihost_utils.process_allgather(padded)
-    return [
-        json.loads(bytes(rows[i][: int(lengths[i][0])]).decode("utf-8"))
-        for i in range(rows.shape[0])
-    ]
-
-
 class Checkpointer:
     """The run's ``CheckpointManager`` with the project's items, retention and checks.
 
@@ -198,6 +195,8 @@ class Checkpointer:
             raise CheckpointError(f"no checkpoints in {self.directory} (directory not found)")
         options = ocp.CheckpointManagerOptions(
             preservation_policy=_preservation_policy(keep, best_metric),
+            # Orbax stores a step's metrics only when best_fn is set; the ranking itself is
+            # is_better's (best_step below), which the preservation policy agrees with.
             best_fn=lambda m: m[best_metric],
             best_mode=best_mode(best_metric),
             create=not read_only,
@@ -225,8 +224,14 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def best_step(self) -> int | None:
-        """The step with the best validation score (the latest step when none has metrics)."""
-        return self.manager.best_step()
+        """The step with the best validation score by :func:`is_better` (None when no checkpoint
+        holds one)."""
+        best_step, best = None, None
+        for step in self.all_steps():
+            value = (self.manager.metrics(step) or {}).get(self.best_metric)
+            if value is not None and is_better(float(value), best, self.best_metric):
+                best_step, best = step, float(value)
+        return best_step
 
     def all_steps(self) -> list[int]:
         """Every complete checkpoint step, ascending."""
@@ -275,7 +280,7 @@ class Checkpointer:
         """
         data = {"process_count": jax.process_count(), "states": None}
         if data_state is not None:
-            data["states"] = _gather_json(_encode_iterator_state(data_state))
+            data["states"] = shd.gather_json(_encode_iterator_state(data_state))
         if metrics is not None and self.best_metric not in metrics:
             raise ValueError(
                 f"checkpoint metrics must contain {self.best_metric!r}, got {sorted(metrics)}"

@@ -14,16 +14,46 @@ from typing import Any
 
 import ml_collections
 
-MODEL_NAMES = ("alcfcn", "fcn8_vgg16")
-BACKBONES = ("resnet38", "efficientnet_lite0", "tiny", "vgg16")
-LOSSES = ("lcfcn", "point_level", "cross_entropy", "joint")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-TRUNK_MODES = ("two_pass", "single_pass")
-RW_METHODS = ("dense", "sparse", "auto")
-DTYPES = ("float32", "bfloat16")
-CAM_HEADS = ("fc8", "decoder")
+from alcfcn_jax.data.config import defaults as data_defaults
+from alcfcn_jax.losses.registry import LOSSES
+from alcfcn_jax.models import BACKBONES, CAM_HEADS, DTYPES, MODEL_NAMES, RW_METHODS, TRUNK_MODES
+from alcfcn_jax.train.optim import OPTIMIZERS, SCHEDULES
+
 SELECT_METRICS = ("miou", "iou_fish", "mae", "rmse", "game")
 REQUIRED_SECTIONS = ("model", "loss", "data", "optim", "train")
+FEATURE_CACHE_MODES = ("off", "auto", "memory", "disk")
+# Keys a config may lack (configs written before they existed): ``resolve`` fills these values,
+# which reproduce the behaviour of such configs. ``stage1`` is filled only where it exists.
+OPTIONAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {
+        "backbone": "resnet38",
+        "with_affinity": True,
+        "weights": "",
+        "weights_allow_missing": (),
+        "cam_head": "fc8",
+        "decoder_width": 96,
+        "decoder_dropout": 0.0,
+        "output_stride": 8,
+        "affinity_widths": (),
+        "trunk_taps": (),
+    },
+    "loss": {"affinity_weight": 0.0, "affinity_fg": 0.7, "affinity_bg": 0.3},
+    "optim": {"schedule": "constant", "clip_grad_norm": 0.0, "trunk_lr_mult": 1.0},
+    "train": {
+        "eval_at_start": False,
+        "eval_test": True,
+        "count_baseline": False,
+        "skip_zero_loss": True,
+        "tensorboard": "auto",
+        "progress": True,
+        "walk_warmup_steps": 0,
+        "feature_cache": "off",
+        "feature_cache_dir": "",
+        "feature_cache_dtype": "float16",
+        "feature_cache_memory_mb": 256,
+    },
+    "stage1": {"workdir": "", "which": "best", "allow_stale": False},
+}
 
 
 class ConfigError(ValueError):
@@ -121,7 +151,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _number(config, "optim.trunk_lr_mult", minimum=0.0)
     _number(config, "optim.clip_grad_norm", minimum=0.0)
     if "schedule" in config.optim:
-        _choice(config, "optim.schedule", ("constant", "cosine"))
+        _choice(config, "optim.schedule", SCHEDULES)
     for key in ("b1", "b2"):
         value = _number(config, f"optim.{key}", minimum=0.0)
         if value >= 1.0:
@@ -166,9 +196,35 @@ def _check_affinity_learning(config: ml_collections.ConfigDict) -> None:
                 "config.model.with_affinity=True)"
             )
     if "feature_cache" in config.train:
-        _choice(config, "train.feature_cache", ("off", "auto", "memory", "disk"))
+        _choice(config, "train.feature_cache", FEATURE_CACHE_MODES)
         _choice(config, "train.feature_cache_dtype", ("float16", "float32"))
         _number(config, "train.feature_cache_memory_mb", minimum=0.0)
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config every module reads: validated, with every optional key filled.
+
+    Entry points call this once; below them values are read as plain attributes
+    (``config.model.cam_head``), never with a fallback. Returns an unlocked copy; the input is
+    not changed. Idempotent.
+
+    Raises:
+      ConfigError: an invalid value (:func:`validate_config`).
+    """
+    validate_config(config)
+    out = ml_collections.ConfigDict(to_plain(config))
+    for section, fields in OPTIONAL_DEFAULTS.items():
+        if section not in out:
+            if section == "stage1":
+                continue
+            out[section] = ml_collections.ConfigDict()
+        for key, value in fields.items():
+            if key not in out[section]:
+                out[section][key] = value
+    for key, value in data_defaults(str(out.data.dataset)).items():
+        if key not in out.data:
+            out.data[key] = value
+    return out
 
 
 def resolve_batch_size(value: int, num_devices: int, key: str) -> int:

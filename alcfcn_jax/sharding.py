@@ -1,13 +1,19 @@
-"""Device mesh and batch placement for data-parallel training and evaluation.
+"""Device mesh, batch placement and every multi-host exchange of host data.
 
 One mesh axis, ``"data"``: the batch is split over it and everything else (parameters, optimizer
 state) is replicated. The same code runs on one CPU, 8 fake CPU devices, a GPU box or a multi-host
-pod; on a pod every process passes only its local slice of the batch.
+pod; on a pod every process passes only its local slice of the batch (``to_global``) and gets
+its own rows back (``to_host``). Host values (metric rows, ids, iterator states, flags) travel
+between processes only through the gathers and the barrier at the end of this module, which are
+exact (bytes, not float32 collectives) and no-ops on a single process.
 """
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -66,3 +72,65 @@ def to_global(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict:
         else:
             out[key] = arr
     return out
+
+
+def to_host(x: jax.Array, mesh: jax.sharding.Mesh | None) -> np.ndarray:
+    """This process's rows of a data-sharded global array, as numpy."""
+    if mesh is None or jax.process_count() == 1:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, P(DATA_AXIS)))
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-host collectives of host data (no-ops on one process). Every process must make the same
+# calls in the same order.
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches the barrier ``name``."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def gather_bytes(data: bytes) -> list[bytes]:
+    """Every process's ``data``, in process order, bit for bit (any lengths)."""
+    if jax.process_count() == 1:
+        return [data]
+    from jax.experimental import multihost_utils
+
+    raw = np.frombuffer(data, np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.asarray([raw.size], np.int64)))
+    lengths = lengths.reshape(-1)
+    padded = np.zeros((max(int(lengths.max()), 1),), np.uint8)
+    padded[: raw.size] = raw
+    rows = np.asarray(multihost_utils.process_allgather(padded))
+    return [bytes(rows[p, : int(lengths[p])]) for p in range(len(lengths))]
+
+
+def gather_json(obj: Any) -> list[Any]:
+    """Every process's JSON-able ``obj``, in process order."""
+    return [json.loads(b.decode("utf-8")) for b in gather_bytes(json.dumps(obj).encode("utf-8"))]
+
+
+def gather_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Concatenates every process's arrays along axis 0, exactly (float64 stays float64)."""
+    if jax.process_count() == 1:
+        return {k: np.asarray(v) for k, v in arrays.items()}
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    parts = [np.load(io.BytesIO(b)) for b in gather_bytes(buf.getvalue())]
+    return {k: np.concatenate([p[k] for p in parts]) for k in arrays}
+
+
+def sum_processes(n: int) -> int:
+    """The sum of ``n`` over all processes."""
+    return sum(gather_json(int(n)))
+
+
+def any_process(flag: bool) -> bool:
+    """True when ``flag`` is true on any process."""
+    return any(gather_json(bool(flag)))

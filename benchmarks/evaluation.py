@@ -1,4 +1,4 @@
-"""Evaluation throughput (images/second) of ``alcfcn_jax.evaluation.evaluate``.
+"""Evaluation throughput (images/second) of ``alcfcn_jax.eval.evaluation.evaluate``.
 
 Measures, on random-weight models and random images of a chosen size: the whole evaluation
 (sharded forward pass + on-device confusion + host blob labelling, counting and GAME) and the
@@ -59,8 +59,9 @@ def run(
     repeats: int = 2,
 ) -> dict:
     """Runs the measurements; returns a dict of figures."""
-    from alcfcn_jax import evaluation, measure
     from alcfcn_jax import sharding as shd
+    from alcfcn_jax.apps import measure
+    from alcfcn_jax.eval import evaluation
     from alcfcn_jax.models import build_model
 
     on_cpu = jax.devices()[0].platform == "cpu"

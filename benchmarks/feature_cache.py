@@ -25,9 +25,11 @@ import time
 import jax
 import numpy as np
 
-from alcfcn_jax import feature_cache, train_lib
 from alcfcn_jax import sharding as shd
 from alcfcn_jax.ops import conv as conv_ops
+from alcfcn_jax.train import feature_cache, loop
+from alcfcn_jax.train import state as train_state
+from alcfcn_jax.train import step as train_step
 from benchmarks.common import host_info, print_json
 
 MODELS = ("frames_alcfcn", "frames_lcfcn", "dilated_fc8")
@@ -65,13 +67,13 @@ def _time_steps(config, batch_np, repeats: int, *, cached: bool, impl: str) -> d
     try:
         mesh = shd.make_mesh(1)
         with jax.set_mesh(mesh):
-            graphs, state = train_lib.create_train_state(config, mesh)
-            step = train_lib.make_train_step(
+            graphs, state = train_state.create_train_state(config, mesh)
+            step = train_step.make_train_step(
                 graphs,
                 mesh,
                 loss_name="lcfcn",
                 learning_rate=float(config.optim.lr),
-                affinity=train_lib.affinity_loss_from_config(config),
+                affinity=loop.affinity_loss_from_config(config),
             )
             batch = dict(batch_np)
             extract_s = None

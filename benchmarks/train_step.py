@@ -82,14 +82,15 @@ def _batch(n: int, h: int, w: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 def _one_mode(config, *, steps: int, height: int, width: int) -> dict[str, Any]:
     from alcfcn_jax import sharding as shd
-    from alcfcn_jax import train_lib
+    from alcfcn_jax.train import state as train_state
+    from alcfcn_jax.train import step as train_step
 
     mesh = shd.make_mesh()
     n = mesh.devices.size
     batch = _batch(n, height, width)
     with jax.set_mesh(mesh), _CallbackTimer() as timer:
-        graphs, state = train_lib.create_train_state(config, mesh)
-        step = train_lib.make_train_step(
+        graphs, state = train_state.create_train_state(config, mesh)
+        step = train_step.make_train_step(
             graphs, mesh, loss_name=config.loss.name, learning_rate=float(config.optim.lr)
         )
         global_batch = shd.to_global(batch, mesh)

@@ -124,7 +124,7 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
             "skip_zero_loss": True,
             "tensorboard": "auto",
             "progress": True,
-            # Frozen-trunk feature cache (alcfcn_jax/feature_cache.py): "auto" trains the heads
+            # Frozen-trunk feature cache (alcfcn_jax/train/feature_cache.py): "auto" trains the heads
             # on taps computed once when the trunk is frozen (optim.trunk_lr_mult=0) and
             # deterministic; "memory" / "disk" force a store; "off" always runs the trunk.
             "feature_cache": "auto",

@@ -8,10 +8,11 @@ import pytest
 from flax import nnx
 
 from alcfcn_jax.models import ALCFCN, ResNet38d, TinyTrunk, build_model
-from alcfcn_jax.models import load_weights as load_model_weights
 from alcfcn_jax.models.layers import Frozen
 from alcfcn_jax.ops import random_walk
 from alcfcn_jax.ops.resize import pad_to_multiple, resize_bilinear
+from alcfcn_jax.weights import build_pretrained
+from alcfcn_jax.weights import load_weights as load_model_weights
 from configs.deepfish import model_config
 
 WIDTHS = (8, 8, 16)
@@ -182,10 +183,10 @@ def test_build_model_dispatch():
     with pytest.raises(ValueError, match="model.dtype"):
         build_model(_cfg(dtype="float16"), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="no weight importer for backbone 'tiny'"):
-        build_model(_cfg(weights="/nowhere.pth"), rngs=nnx.Rngs(0))
+        build_pretrained(_cfg(weights="/nowhere.pth"), rngs=nnx.Rngs(0))
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
         cfg = _cfg(backbone="resnet38", weights="/nowhere.pth")
-        nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0)))
+        nnx.eval_shape(lambda: build_pretrained(cfg, rngs=nnx.Rngs(0)))
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from alcfcn_jax import eval_report, train_lib
-from alcfcn_jax.budget_source import budget_subset
+from alcfcn_jax.data.budget import budget_subset
+from alcfcn_jax.eval import baseline
+from alcfcn_jax.eval import report as eval_report
 
 COUNTS = [0, 3, 0, 1, 0, 0, 2, 0, 5, 0]  # background at 0, 2, 4, 5, 7, 9; fish at 1, 3, 6, 8
 
@@ -47,10 +48,10 @@ def test_budget_subset_zero_is_the_source_and_too_many_is_an_error():
 def test_count_baseline_by_hand():
     """Counts are read through ``example_count`` (plain example dicts here)."""
     # Training counts 0,0,0,0,0,0,1,2,3,5 -> median 0; validation counts 0, 2, 4 -> MAE 2.
-    got = train_lib.count_baseline(_source(), [{"true_count": c} for c in (0, 2, 4)])
+    got = baseline.count_baseline(_source(), [{"true_count": c} for c in (0, 2, 4)])
     assert got == {"median_train_count": 0.0, "median_baseline_mae": 2.0}
     # An even number of images with a median between two counts: (1 + 2) / 2 = 1.5.
-    got = train_lib.count_baseline(_source([1, 2, 2, 1]), [{"true_count": 3}])
+    got = baseline.count_baseline(_source([1, 2, 2, 1]), [{"true_count": 3}])
     assert got["median_train_count"] == 1.5 and got["median_baseline_mae"] == 1.5
 
 

@@ -13,9 +13,10 @@ import pytest
 from flax import nnx
 
 import configs.deepfish
-from alcfcn_jax import checkpoint, train_lib
+from alcfcn_jax import checkpoint
 from alcfcn_jax import sharding as shd
 from alcfcn_jax.checkpoint import Checkpointer, CheckpointError
+from alcfcn_jax.train import state as train_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,7 @@ def smoke():
     config = configs.deepfish.get_config("smoke")
     mesh = shd.make_mesh(8)
     with jax.set_mesh(mesh):
-        graphs, state = train_lib.create_train_state(config, mesh)
+        graphs, state = train_state.create_train_state(config, mesh)
     return config, mesh, graphs, state
 
 
@@ -111,7 +112,7 @@ def test_different_model_is_a_clear_error(tmp_path, smoke):
     other = configs.deepfish.get_config("smoke")
     other.model.with_affinity = False  # no affinity head: a smaller parameter tree
     with jax.set_mesh(mesh):
-        _, other_state = train_lib.create_train_state(other, mesh)
+        _, other_state = train_state.create_train_state(other, mesh)
     ckpt = Checkpointer(tmp_path)
     with pytest.raises(CheckpointError, match="does not match") as err:
         ckpt.restore(1, model_state=other_state["model"], opt_state=other_state["opt"])

@@ -10,8 +10,10 @@ import pytest
 
 import configs.deepfish
 import configs.deepfish_pm
-from alcfcn_jax import config_utils, pseudo_source
+from alcfcn_jax import config_utils
 from alcfcn_jax.config_utils import ConfigError, validate_config
+from alcfcn_jax.data import pseudo_masks
+from alcfcn_jax.train import data as train_data
 
 
 def test_reference_settings():
@@ -155,25 +157,25 @@ def test_pseudo_mask_config_and_checks(tmp_path):
     validate_config(c)
     assert (c.model.with_affinity, c.loss.name, c.optim.lr) == (False, "cross_entropy", 1e-5)
     c.stage1.workdir = str(tmp_path / "stage1")
-    assert pseudo_source.pseudo_mask_dir(c) == tmp_path / "stage1" / "pseudo_masks"
-    with pytest.raises(pseudo_source.StalePseudoMasksError, match="pseudo-mask folder not found"):
-        pseudo_source.resolve_pseudo_masks(c)
+    assert pseudo_masks.pseudo_mask_dir(c) == tmp_path / "stage1" / "pseudo_masks"
+    with pytest.raises(pseudo_masks.StalePseudoMasksError, match="pseudo-mask folder not found"):
+        train_data.resolve_pseudo_masks(c)
     masks = tmp_path / "stage1" / "pseudo_masks"
     masks.mkdir(parents=True)
-    with pytest.raises(pseudo_source.StalePseudoMasksError, match="no manifest"):
-        pseudo_source.resolve_pseudo_masks(c)
+    with pytest.raises(pseudo_masks.StalePseudoMasksError, match="no manifest"):
+        train_data.resolve_pseudo_masks(c)
     (masks / "manifest.json").write_text(json.dumps({"checkpoint_step": 7, "ids": ["a"]}))
-    with pytest.raises(pseudo_source.StalePseudoMasksError, match="missing"):
-        pseudo_source.resolve_pseudo_masks(c)
+    with pytest.raises(pseudo_masks.StalePseudoMasksError, match="missing"):
+        train_data.resolve_pseudo_masks(c)
     import numpy as np
     from PIL import Image
 
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(masks / "a.png")
-    data_cfg, manifest = pseudo_source.resolve_pseudo_masks(c)
+    data_cfg, manifest = train_data.resolve_pseudo_masks(c)
     assert data_cfg.pseudo_mask_dir == str(masks) and manifest["checkpoint_step"] == 7
     assert c.data.pseudo_mask_dir == ""  # the config itself is not modified
-    with pytest.raises(pseudo_source.StalePseudoMasksError, match="lists 1 pseudo masks"):
-        pseudo_source.check_coverage(5, manifest, masks)
+    with pytest.raises(pseudo_masks.StalePseudoMasksError, match="lists 1 pseudo masks"):
+        pseudo_masks.check_coverage(5, manifest, masks)
 
 
 def test_demo_config():

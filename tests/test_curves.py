@@ -1,4 +1,4 @@
-"""Learning-curve PNG and results table from a run's metrics.jsonl (alcfcn_jax.curves)."""
+"""Learning-curve PNG and results table from a run's metrics.jsonl (alcfcn_jax.apps.curves)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from alcfcn_jax import curves
+from alcfcn_jax.apps import curves
 
 
 def _write_run(tmp_path, name, vals, baseline=None):

@@ -243,7 +243,7 @@ def test_clicks_bad_input(tmp_path):
 
 
 def test_example_count_reads_labels_not_images():
-    from alcfcn_jax.budget_source import SubsetSource
+    from alcfcn_jax.data.budget import SubsetSource
     from alcfcn_jax.data.source import example_count
 
     src = get_source(default_data_config("sample"), "val")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from alcfcn_jax import evaluation
 from alcfcn_jax import sharding as shd
+from alcfcn_jax.eval import evaluation
 
 
 class ThresholdModel(nnx.Module):

@@ -5,7 +5,7 @@ import pytest
 from conftest import load_fixture
 from skimage.measure import label, regionprops
 
-from alcfcn_jax import metrics
+from alcfcn_jax.eval import metrics
 
 
 def reference_game(pred, gt, L):

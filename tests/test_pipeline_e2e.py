@@ -1,6 +1,6 @@
 """End to end on a tiny synthetic tree: stage 1 -> evaluate -> pseudo masks -> stage 2 -> evaluate.
 
-Runs the library entry points the CLIs call (``train_lib.run``, ``eval_report.run_evaluation``,
+Runs the library entry points the CLIs call (``loop.run``, ``eval_report.run_evaluation``,
 ``pseudo_masks.write_pseudo_masks``) with the ``smoke`` presets, then checks every file a user
 looks at, the clear errors for bad inputs, and prediction on a folder with the trained model.
 """
@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alcfcn_jax import checkpoint, eval_report, predict, train_lib
-from alcfcn_jax import pseudo_masks as pm
+from alcfcn_jax import checkpoint
+from alcfcn_jax.apps import predict
+from alcfcn_jax.apps import pseudo_masks as pm
+from alcfcn_jax.eval import report as eval_report
+from alcfcn_jax.train import loop
 
 
 def smoke_config():
@@ -52,7 +55,7 @@ def stage2_config(stage1_workdir):
 def test_stage1_pseudo_masks_stage2_evaluate(tmp_path, monkeypatch):
     w1, w2 = tmp_path / "stage1", tmp_path / "stage2"
     cfg1 = smoke_config()
-    train_lib.run(cfg1, str(w1))
+    loop.run(cfg1, str(w1))
 
     res1 = eval_report.run_evaluation(cfg1, w1, split="test", num_overlays=2)
     out = w1 / "eval" / "test"
@@ -90,7 +93,7 @@ def test_stage1_pseudo_masks_stage2_evaluate(tmp_path, monkeypatch):
     assert {p: p.read_bytes() for p in masks} == before
 
     cfg2 = stage2_config(w1)
-    train_lib.run(cfg2, str(w2))
+    loop.run(cfg2, str(w2))
     res2 = eval_report.run_evaluation(cfg2, w2, split="test", num_overlays=1)
     assert json.loads((w2 / "eval" / "test" / "metrics.json").read_text())["meta"]["method"] == (
         "A-LCFCN + PM"
@@ -117,7 +120,7 @@ def test_stage1_pseudo_masks_stage2_evaluate(tmp_path, monkeypatch):
     stale["checkpoint_step"] = step1 + 1000
     manifest_path.write_text(json.dumps(stale))
     with pytest.raises(Exception, match="stale"):
-        train_lib.run(stage2_config(w1), str(tmp_path / "stage2b"))
+        loop.run(stage2_config(w1), str(tmp_path / "stage2b"))
 
 
 def test_bad_inputs_are_clear_errors(tmp_path):

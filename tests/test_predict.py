@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from alcfcn_jax import measure, predict
+from alcfcn_jax.apps import measure, predict
 from alcfcn_jax.data.errors import DataError
 
 

@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 
 import configs.frames
-from alcfcn_jax import checkpoint, eval_report, predict, train_lib
+from alcfcn_jax import checkpoint
 from alcfcn_jax import sharding as shd
+from alcfcn_jax.apps import predict
 from alcfcn_jax.data import boxes
 from alcfcn_jax.data.preprocess import Preprocessing
+from alcfcn_jax.eval import report as eval_report
+from alcfcn_jax.train import state as train_state
 from configs.deepfish import model_config
 
 SAMPLE_VAL = pathlib.Path(boxes.__file__).parent / "sample" / "val" / "images"
@@ -37,7 +40,7 @@ def workdir(tmp_path_factory):
     path = tmp_path_factory.mktemp("run")
     mesh = shd.make_mesh(1)
     with jax.set_mesh(mesh):
-        graphs, state = train_lib.create_train_state(config, mesh)
+        graphs, state = train_state.create_train_state(config, mesh)
     fc8 = state["model"]["cam_head"]["fc8"]["kernel"]
     rng = np.random.default_rng(0)
     fc8.set_value(jnp.asarray(rng.normal(size=fc8.shape) * 3.0, jnp.float32))
@@ -46,7 +49,9 @@ def workdir(tmp_path_factory):
         1,
         model_state=state["model"],
         opt_state=state["opt"],
-        meta=train_lib._meta(config, state, {"step": 1, "score": 1.0, "metric": "val_mae"}),
+        meta=train_state.checkpoint_meta(
+            config, state, {"step": 1, "score": 1.0, "metric": "val_mae"}
+        ),
         metrics={"val_mae": 1.0},
     )
     ckpt.wait()

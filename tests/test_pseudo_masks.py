@@ -10,8 +10,9 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from alcfcn_jax import pseudo_masks as pm
 from alcfcn_jax import sharding as shd
+from alcfcn_jax.apps import pseudo_masks as pm
+from alcfcn_jax.data import pseudo_masks as pm_data
 from alcfcn_jax.data.pipeline import eval_batches
 
 
@@ -122,8 +123,8 @@ def test_masks_manifest_and_quality(tmp_path):
     assert manifest["quality"]["iou_fish"] == pytest.approx(inter[1] / union[1])
     assert manifest["quality"]["miou"] == pytest.approx(np.mean(inter / union))
     assert manifest["quality"]["num_images_with_masks"] == len(src)
-    assert not (out / pm.PROGRESS).exists()
-    assert pm.load_manifest(out, expected_step=7)["count"] == len(src)
+    assert not (out / pm_data.PROGRESS).exists()
+    assert pm_data.load_manifest(out, expected_step=7)["count"] == len(src)
 
 
 def test_no_quality_without_true_masks(tmp_path):
@@ -139,8 +140,8 @@ def test_interrupted_run_resumes_and_rerun_rewrites_nothing(tmp_path, mask_write
     partial = digests(out)
     assert 0 < len(partial) < len(src)
     assert not (out / "manifest.json").exists()
-    with pytest.raises(pm.PseudoMaskError, match="unfinished"):
-        pm.load_manifest(out)
+    with pytest.raises(pm_data.PseudoMaskError, match="unfinished"):
+        pm_data.load_manifest(out)
     mask_writes.clear()
     manifest = run(src, out, step=3)
     assert manifest["written_this_run"] == len(src) - len(partial) == len(mask_writes)
@@ -160,8 +161,8 @@ def test_new_checkpoint_replaces_stale_masks(tmp_path):
     src = make_source(4)
     out = tmp_path / "pm"
     run(src, out, step=3)
-    with pytest.raises(pm.PseudoMaskError, match="stale"):
-        pm.load_manifest(out, expected_step=9)
+    with pytest.raises(pm_data.PseudoMaskError, match="stale"):
+        pm_data.load_manifest(out, expected_step=9)
     # An interrupted run from another step removes the old manifest and masks first.
     with pytest.raises(KeyboardInterrupt):
         run(Interrupting(src, fail_at=2), out, step=9)
@@ -171,7 +172,7 @@ def test_new_checkpoint_replaces_stale_masks(tmp_path):
     manifest = run(src, out, step=9)
     assert manifest["checkpoint_step"] == 9
     assert manifest["written_this_run"] == len(src) - n_new
-    assert pm.load_manifest(out, expected_step=9)["count"] == len(src)
+    assert pm_data.load_manifest(out, expected_step=9)["count"] == len(src)
 
 
 def test_sharded_generation_matches(tmp_path):
@@ -188,18 +189,18 @@ def test_sharded_generation_matches(tmp_path):
 
 
 def test_manifest_errors_are_clear(tmp_path):
-    with pytest.raises(pm.PseudoMaskError, match="not found"):
-        pm.load_manifest(tmp_path / "missing")
+    with pytest.raises(pm_data.PseudoMaskError, match="not found"):
+        pm_data.load_manifest(tmp_path / "missing")
     (tmp_path / "pm").mkdir()
-    with pytest.raises(pm.PseudoMaskError, match="no manifest"):
-        pm.load_manifest(tmp_path / "pm")
+    with pytest.raises(pm_data.PseudoMaskError, match="no manifest"):
+        pm_data.load_manifest(tmp_path / "pm")
     (tmp_path / "pm" / "manifest.json").write_text("{not json")
-    with pytest.raises(pm.PseudoMaskError, match="unreadable"):
-        pm.load_manifest(tmp_path / "pm")
+    with pytest.raises(pm_data.PseudoMaskError, match="unreadable"):
+        pm_data.load_manifest(tmp_path / "pm")
     src = make_source(2)
     run(src, tmp_path / "pm2", step=1)
     (tmp_path / "pm2" / (src[0]["id"] + ".png")).unlink()
-    with pytest.raises(pm.PseudoMaskError, match="missing"):
-        pm.load_manifest(tmp_path / "pm2")
-    with pytest.raises(pm.PseudoMaskError, match="file name"):
-        pm.mask_path(tmp_path, "../escape")
+    with pytest.raises(pm_data.PseudoMaskError, match="missing"):
+        pm_data.load_manifest(tmp_path / "pm2")
+    with pytest.raises(pm_data.PseudoMaskError, match="file name"):
+        pm_data.mask_path(tmp_path, "../escape")

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from alcfcn_jax import feature_cache, train_lib
 from alcfcn_jax.config_utils import ConfigError
 from alcfcn_jax.data import pipeline, tap_cache
+from alcfcn_jax.losses import registry as loss_registry
 from alcfcn_jax.models import build_model
+from alcfcn_jax.train import feature_cache
+from alcfcn_jax.train import state as train_state
+from alcfcn_jax.train import step as train_step
 from alcfcn_jax.weights.efficientnet import package_weights_path
 from configs.deepfish import model_config
 
@@ -108,13 +111,13 @@ def test_cached_batches_give_the_uncached_loss(tmp_path, dtype, rtol):
     def loss(state, batch):
         m = nnx.merge(graphdef, state)
         nnx.reseed(m, dropout=7)  # the same head dropout masks for both batches
-        logits = train_lib.forward(m, batch, train=True)
-        return train_lib.per_image_loss("lcfcn", logits, batch)[0]
+        logits = train_step.forward(m, batch, train=True)
+        return loss_registry.per_image_loss("lcfcn", logits, batch)[0]
 
     for flip in (False, True):
         pick = pipeline.flip_example if flip else (lambda e: e)
-        want_batch = train_lib.prepare_batch(pipeline.collate([pick(e) for e in raw]))
-        got_batch = train_lib.prepare_batch(pipeline.collate([pick(cached[i]) for i in range(4)]))
+        want_batch = train_step.prepare_batch(pipeline.collate([pick(e) for e in raw]))
+        got_batch = train_step.prepare_batch(pipeline.collate([pick(cached[i]) for i in range(4)]))
         assert "image" not in got_batch and "taps/conv4" in got_batch
         np.testing.assert_array_equal(got_batch["points"], want_batch["points"])
         want = np.asarray(loss(state, want_batch))
@@ -224,7 +227,7 @@ def _cache_config(mode, trunk_lr_mult=0.0, **model):
 )
 def test_when_the_cache_applies(mode, lr_mult, model, want):
     config = _cache_config(mode, lr_mult, **model)
-    m = train_lib.build_model_from_config(config)
+    m = train_state.build_model_from_config(config)
     assert feature_cache.cache_mode(config, m) == want
 
 
@@ -235,7 +238,7 @@ def test_when_the_cache_applies(mode, lr_mult, model, want):
 def test_forced_cache_is_refused_where_it_would_change_training(lr_mult, model, match):
     config = _cache_config("disk", lr_mult, **model)
     with pytest.raises(ConfigError, match=match):
-        feature_cache.cache_mode(config, train_lib.build_model_from_config(config))
+        feature_cache.cache_mode(config, train_state.build_model_from_config(config))
 
 
 def _frames_folder(root, n=3, seed=0):

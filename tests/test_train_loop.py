@@ -10,8 +10,11 @@ import pytest
 from flax import nnx
 
 import configs.deepfish
-from alcfcn_jax import checkpoint, metric_writer, train_lib
+from alcfcn_jax import checkpoint
 from alcfcn_jax.checkpoint import Checkpointer
+from alcfcn_jax.losses import registry as loss_registry
+from alcfcn_jax.train import loop, metric_writer
+from alcfcn_jax.train import step as train_step
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,7 +37,7 @@ class _Crash(Exception):
     pass
 
 
-_ORIGINAL_PREPARE = train_lib.prepare_batch
+_ORIGINAL_PREPARE = train_step.prepare_batch
 
 
 def _record_batches(monkeypatch, log: list, crash_after: int | None = None):
@@ -47,7 +50,7 @@ def _record_batches(monkeypatch, log: list, crash_after: int | None = None):
         log.append(tuple(str(i) for i in batch["id"]))
         return real(batch)
 
-    monkeypatch.setattr(train_lib, "prepare_batch", recording)
+    monkeypatch.setattr(loop, "prepare_batch", recording)
 
 
 def _params(workdir, step):
@@ -62,17 +65,17 @@ def test_resume_after_crash_is_identical(tmp_path, monkeypatch):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     order_a: list = []
     _record_batches(monkeypatch, order_a)
-    final_a = train_lib.run(_config(), str(straight))
+    final_a = loop.run(_config(), str(straight))
     assert final_a["step"] == 6 and len(order_a) == 6
 
     order_b: list = []
     _record_batches(monkeypatch, order_b, crash_after=4)  # dies fetching batch 5
     with pytest.raises(_Crash):
-        train_lib.run(_config(), str(resumed))
+        loop.run(_config(), str(resumed))
     assert Checkpointer(resumed, read_only=True).all_steps() == [3]
     order_c: list = []
     _record_batches(monkeypatch, order_c)
-    final_b = train_lib.run(_config(), str(resumed))
+    final_b = loop.run(_config(), str(resumed))
     assert final_b["step"] == 6
 
     # Same data order: the resumed run replays batch 4 and continues with 5, 6.
@@ -95,7 +98,7 @@ def test_resume_after_crash_is_identical(tmp_path, monkeypatch):
     assert [r["step"] for r in rows] == [2, 4, 6]
     for key in ("loss", "grad_norm", "param_norm", "lr", "steps_per_second", "data_seconds"):
         assert key in rows[0], key
-    for term in train_lib.LCFCN_TERMS:
+    for term in loss_registry.LCFCN_TERMS:
         assert f"loss_{term}" in rows[0]
     vals = metric_writer.read_metrics(straight, kind="val")
     assert [r["step"] for r in vals] == [3, 6] and "val_miou" in vals[0]
@@ -105,12 +108,12 @@ def test_resume_after_crash_is_identical(tmp_path, monkeypatch):
     # Rerunning a finished run does nothing but report.
     order_d: list = []
     _record_batches(monkeypatch, order_d)
-    again = train_lib.run(_config(), str(straight))
+    again = loop.run(_config(), str(straight))
     assert order_d == [] and again["step"] == 6 and again["best"] == final_a["best"]
 
 
 def test_nonfinite_loss_stops_with_step_and_term(tmp_path, monkeypatch):
-    real_prepare, real_loss = train_lib.prepare_batch, train_lib.per_image_loss
+    real_prepare, real_loss = train_step.prepare_batch, loss_registry.per_image_loss
     calls = []
 
     def poison_second_batch(batch):
@@ -126,10 +129,10 @@ def test_nonfinite_loss_stops_with_step_and_term(tmp_path, monkeypatch):
         terms = dict(terms, split_local=terms["split_local"] + bad)
         return total + bad, terms
 
-    monkeypatch.setattr(train_lib, "prepare_batch", poison_second_batch)
-    monkeypatch.setattr(train_lib, "per_image_loss", loss_with_nan_term)
+    monkeypatch.setattr(loop, "prepare_batch", poison_second_batch)
+    monkeypatch.setattr(train_step, "per_image_loss", loss_with_nan_term)
     with pytest.raises(FloatingPointError, match=r"step 2: term\(s\) split_local=nan"):
-        train_lib.run(_config(), str(tmp_path))
+        loop.run(_config(), str(tmp_path))
     # The last good state (after step 1) was kept as a checkpoint; resuming replays batch 2.
     ckpt = Checkpointer(tmp_path, read_only=True)
     assert ckpt.all_steps() == [1]

@@ -8,8 +8,12 @@ from flax import nnx
 
 import configs.deepfish
 from alcfcn_jax import sharding as shd
-from alcfcn_jax import train_lib
+from alcfcn_jax.losses import affinity as affinity_losses
+from alcfcn_jax.losses import registry as loss_registry
 from alcfcn_jax.models.layers import Frozen
+from alcfcn_jax.train import loop, optim
+from alcfcn_jax.train import state as train_state
+from alcfcn_jax.train import step as train_step
 
 H, W = 32, 48
 
@@ -41,8 +45,8 @@ class _Stepper:
     def __init__(self, config, mesh, loss_fn=None):
         self.config, self.mesh = config, mesh
         with jax.set_mesh(mesh):
-            self.graphs, _ = train_lib.create_train_state(config, mesh)
-            self.fn = train_lib.make_train_step(
+            self.graphs, _ = train_state.create_train_state(config, mesh)
+            self.fn = train_step.make_train_step(
                 self.graphs,
                 mesh,
                 loss_name=config.loss.name,
@@ -52,7 +56,7 @@ class _Stepper:
 
     def fresh(self):
         with jax.set_mesh(self.mesh):
-            return train_lib.create_train_state(self.config, self.mesh)[1]
+            return train_state.create_train_state(self.config, self.mesh)[1]
 
     def __call__(self, batch, state=None):
         state = self.fresh() if state is None else state
@@ -153,7 +157,7 @@ def test_trunk_lr_multiplier_scales_only_the_trunk():
     model = build_model(config.model, rngs=nnx.Rngs(0))
     params = nnx.state(model, nnx.Param)
     grads = jax.tree.map(jnp.ones_like, params)
-    tx = train_lib.make_optimizer(config.optim)
+    tx = optim.make_optimizer(config.optim)
     updates = jax.jit(lambda g, p: tx.update(g, tx.init(p), p)[0])(grads, params)
     lr = config.optim.lr
     trunk = jax.tree.leaves(updates["trunk"])
@@ -187,7 +191,7 @@ def test_adam_weight_decay_is_l2_in_the_gradient():
             clip_grad_norm=0.0,
         )
     )
-    tx = train_lib.make_optimizer(cfg)
+    tx = optim.make_optimizer(cfg)
     grads = [np.array([-3.0, 0.5]), np.array([1.0, 0.25])]
     params = {"w": jnp.array([2.0, 2.0])}
     state = tx.init(params)
@@ -216,7 +220,7 @@ def test_prepare_batch_marks_padding_unlabelled():
     batch["mask"][:] = 1
     pad = np.ones((2, H, W), bool)
     pad[:, 0, :] = False
-    out = train_lib.prepare_batch({**batch, "pad": pad, "id": np.array(["a", "b"])})
+    out = train_step.prepare_batch({**batch, "pad": pad, "id": np.array(["a", "b"])})
     assert set(out) == {"image", "points", "mask"}
     assert (out["points"][:, 0, :] == 255).all() and (out["mask"][:, 0, :] == 255).all()
     assert (out["mask"][:, 1:, :] == 1).all()
@@ -230,7 +234,7 @@ def _loss_of(stepper, batch, *, walk, affinity=None):
     model = nnx.merge(stepper.graphs.model, state["model"])
     nnx.reseed(model, dropout=jax.random.fold_in(state["rng"], state["step"]))
     logits, aux = model(jnp.asarray(batch["image"]), train=True, return_aux=True, walk=walk)
-    per_image, _ = train_lib.per_image_loss("lcfcn", logits, batch)
+    per_image, _ = loss_registry.per_image_loss("lcfcn", logits, batch)
     if affinity is None:
         return float(jnp.mean(per_image)), None
     labels = affinity_labels(aux["cam"], batch["points"], fg=affinity.fg, bg=affinity.bg)
@@ -243,8 +247,8 @@ def test_walk_warmup_step_trains_the_activation_logits(step8):
     mesh = shd.make_mesh(1)
     batch = _batch(2)
     with jax.set_mesh(mesh):
-        graphs, _ = train_lib.create_train_state(config, mesh)
-        warm = train_lib.make_train_step(
+        graphs, _ = train_state.create_train_state(config, mesh)
+        warm = train_step.make_train_step(
             graphs, mesh, loss_name="lcfcn", learning_rate=config.optim.lr, walk=False
         )
     stepper = _Stepper(config, mesh)
@@ -260,10 +264,12 @@ def test_affinity_term_is_added_with_its_weight():
     config = _config()
     mesh = shd.make_mesh(1)
     # Thresholds around 0.5: the untrained tiny model gives p(fish) in [0.497, 0.502].
-    aff = train_lib.AffinityLoss(weight=0.25, fg=0.5005, bg=0.4995, radius=config.model.radius)
+    aff = affinity_losses.AffinityLoss(
+        weight=0.25, fg=0.5005, bg=0.4995, radius=config.model.radius
+    )
     with jax.set_mesh(mesh):
-        graphs, _ = train_lib.create_train_state(config, mesh)
-        fn = train_lib.make_train_step(
+        graphs, _ = train_state.create_train_state(config, mesh)
+        fn = train_step.make_train_step(
             graphs, mesh, loss_name="lcfcn", learning_rate=config.optim.lr, affinity=aff
         )
     stepper = _Stepper(config, mesh)
@@ -274,16 +280,16 @@ def test_affinity_term_is_added_with_its_weight():
     assert want_aff > 0
     np.testing.assert_allclose(metrics["loss_affinity"], want_aff, rtol=1e-5)
     np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
-    assert train_lib.affinity_loss_from_config(config) is None  # off in the reference presets
+    assert loop.affinity_loss_from_config(config) is None  # off in the reference presets
     config.loss.affinity_weight = 0.5
-    assert train_lib.affinity_loss_from_config(config).weight == 0.5
+    assert loop.affinity_loss_from_config(config).weight == 0.5
 
 
 def test_cosine_schedule_and_the_reported_lr():
     config = _config()
-    assert train_lib.learning_rate_schedule(config.optim, 10)(5) == config.optim.lr  # constant
+    assert optim.learning_rate_schedule(config.optim, 10)(5) == config.optim.lr  # constant
     config.optim.schedule = "cosine"
-    sched = train_lib.learning_rate_schedule(config.optim, 10)
+    sched = optim.learning_rate_schedule(config.optim, 10)
     np.testing.assert_allclose(
         [float(sched(s)) for s in (0, 5, 10)],
         [config.optim.lr, config.optim.lr / 2, 0.0],
@@ -291,7 +297,7 @@ def test_cosine_schedule_and_the_reported_lr():
     )
     # Adam's first step moves every parameter by lr: with the schedule, by lr(0); at step 5 the
     # update is half as large.
-    tx = train_lib.make_optimizer(config.optim, 10)
+    tx = optim.make_optimizer(config.optim, 10)
     p = {"w": jnp.zeros((3,))}
     g = {"w": jnp.ones((3,))}
     state = tx.init(p)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alcfcn_jax import viz
+from alcfcn_jax.eval import viz
 
 H, W = 40, 60
 

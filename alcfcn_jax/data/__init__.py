@@ -13,11 +13,27 @@ from typing import Any
 
 from alcfcn_jax.data.config import DATASETS, default_data_config, field
 from alcfcn_jax.data.errors import DataError
-from alcfcn_jax.data.source import MappedSource, PseudoMaskSource
+from alcfcn_jax.data.pseudo_masks import PseudoMaskSource
+from alcfcn_jax.data.source import MappedSource
 
 SAMPLE_DIR = pathlib.Path(__file__).parent / "sample"
+# Datasets whose ground truth is boxes (counts = boxes, points = box centres).
+BOX_DATASETS = ("sample", "boxes")
 
-__all__ = ["DataError", "default_data_config", "get_source", "SAMPLE_DIR", "MappedSource"]
+__all__ = [
+    "BOX_DATASETS",
+    "DataError",
+    "MappedSource",
+    "SAMPLE_DIR",
+    "default_data_config",
+    "get_source",
+    "has_boxes",
+]
+
+
+def has_boxes(data_cfg: Any) -> bool:
+    """Whether ``data_cfg``'s dataset is labelled with boxes (box hit rate and precision apply)."""
+    return str(data_cfg.dataset) in BOX_DATASETS
 
 
 def _deepfish_root_and_tfds(data_cfg: Any) -> tuple[pathlib.Path, pathlib.Path]:

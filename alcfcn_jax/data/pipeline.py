@@ -20,7 +20,7 @@ examples have boxes, ``boxes`` (B,K,4) float32 padded with NaN.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -137,6 +137,16 @@ def collate(
     return batch
 
 
+# Batches of the frozen-trunk feature cache carry ``taps/<name>`` arrays instead of ``image``.
+TAPS_PREFIX = "taps/"
+
+
+def split_taps(batch: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``taps/<name>`` entries of a batch as ``{name: array}``, or None if it has none."""
+    taps = {k[len(TAPS_PREFIX) :]: v for k, v in batch.items() if k.startswith(TAPS_PREFIX)}
+    return taps or None
+
+
 def _collate_taps(examples: Sequence[dict[str, Any]], *, keep_boxes: bool) -> Batch:
     """Stacks examples of the feature cache: ``taps/<name>`` (float32) instead of ``image``.
 
@@ -146,7 +156,7 @@ def _collate_taps(examples: Sequence[dict[str, Any]], *, keep_boxes: bool) -> Ba
     if len(sizes) != 1 or not all("taps" in e for e in examples):
         raise ValueError(f"cached examples of one batch must share one size, got {sorted(sizes)}")
     batch: Batch = {
-        f"taps/{k}": np.stack([np.asarray(e["taps"][k], np.float32) for e in examples])
+        f"{TAPS_PREFIX}{k}": np.stack([np.asarray(e["taps"][k], np.float32) for e in examples])
         for k in examples[0]["taps"]
     }
     batch["points"] = np.stack([e["points"] for e in examples]).astype(np.int32)

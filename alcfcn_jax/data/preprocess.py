@@ -20,11 +20,11 @@ import skimage.measure
 from PIL import Image
 
 from alcfcn_jax.data.errors import DataError
+from alcfcn_jax.models.outputs import IGNORE
 
 LETTERBOX_MODES = ("crop", "mask", "none")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-IGNORE = 255
 
 
 def resized_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:

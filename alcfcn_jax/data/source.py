@@ -9,14 +9,8 @@ e.g. letterbox bars kept in "mask" mode).
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
-
-import numpy as np
-
-from alcfcn_jax.data import preprocess as pp
-from alcfcn_jax.data.errors import DataError
 
 Example = dict[str, Any]
 
@@ -85,30 +79,3 @@ def example_count(source: Sequence[Example], index: int) -> int:
         if n is not None:
             return int(n)
     return int(source[index]["count"])
-
-
-class PseudoMaskSource(Sequence):
-    """Replaces each example's ``mask`` by ``<mask_dir>/<id>.png`` (0/255, nearest-resized).
-
-    Used for stage-2 training on pseudo masks (reference spec 7: 'L', Resize NEAREST, 255->1).
-
-    Raises (on access):
-      DataError: the mask file is missing or has values other than 0/1/255.
-    """
-
-    def __init__(self, source: Sequence[Example], mask_dir: str | pathlib.Path) -> None:
-        self.source = source
-        self.mask_dir = pathlib.Path(mask_dir).expanduser()
-        if not self.mask_dir.is_dir():
-            raise DataError(f"{self.mask_dir}: pseudo-mask folder not found")
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> Example:  # type: ignore[override]
-        ex = dict(self.source[index])
-        path = self.mask_dir / f"{ex['id']}.png"
-        raw = pp.load_gray(path, "pseudo mask")
-        h, w = ex["image"].shape[:2]
-        ex["mask"] = pp.binarize_mask(pp.resize_nearest(raw, (h, w)), str(path)).astype(np.int32)
-        return ex

@@ -20,10 +20,13 @@ walk's radius is a training pair.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alcfcn_jax.models.outputs import IGNORE, STRIDE
 from alcfcn_jax.ops.affinity import (
     effective_radius,
     neighbor_offsets,
@@ -33,10 +36,22 @@ from alcfcn_jax.ops.affinity import (
 )
 from alcfcn_jax.ops.resize import avg_pool, pad_to_multiple
 
-IGNORE = 255
-STRIDE = 8
 # -log(1 - a) is unbounded as a -> 1 (two identical features on opposite sides of a boundary).
 _EPS = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class AffinityLoss:
+    """Settings of the affinity-learning term the train step adds to the per-image loss.
+
+    ``weight`` times the balanced AffinityNet loss on cell labels mined from the activation map
+    with thresholds ``fg``/``bg``, over the walk's ``radius``.
+    """
+
+    weight: float
+    fg: float
+    bg: float
+    radius: int
 
 
 def affinity_labels(cam_logits: jax.Array, points: jax.Array, *, fg: float, bg: float) -> jax.Array:

@@ -32,8 +32,8 @@ from jax.sharding import PartitionSpec as P
 
 from alcfcn_jax.losses import lcfcn_targets
 from alcfcn_jax.losses.lcfcn_targets import CHANNELS, TERM_NAMES
+from alcfcn_jax.sharding import DATA_AXIS
 
-DATA_AXIS = "data"
 _LOG_CLAMP = -100.0  # torch binary_cross_entropy clamps log at -100
 _BCE_EPS = 1e-12  # torch binary_cross_entropy backward: (p - y) / max(p (1 - p), eps)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IGNORE = 255
+from alcfcn_jax.models.outputs import IGNORE
 
 
 def point_level_loss(logits: jax.Array, points: jax.Array) -> jax.Array:

@@ -1,24 +1,31 @@
 """Networks: ResNet-38d / EfficientNet-Lite0 / tiny trunks, A-LCFCN heads and model, FCN8-VGG16.
 
-``build_model(model_cfg, rngs=...)`` builds the model a config names and, if ``model_cfg.weights``
-is set, loads those weights with the matching importer.
+``build_model(model_cfg, rngs=...)`` builds the model a config names, freshly initialised. Loading
+pretrained weights is the job of ``alcfcn_jax.weights`` (``weights.build_pretrained``): the
+networks do not know file formats.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
 from flax import nnx
 
-from alcfcn_jax.models.alcfcn import ALCFCN
+from alcfcn_jax.models.alcfcn import ALCFCN, CAM_HEADS, RW_METHODS, TRUNK_MODES
 from alcfcn_jax.models.heads import ActivationHead, AffinityHead
 from alcfcn_jax.models.resnet38 import ResNet38d
 from alcfcn_jax.models.tiny import TinyTrunk
 
 __all__ = [
+    "BACKBONES",
+    "CAM_HEADS",
+    "DTYPES",
+    "MODEL_NAMES",
+    "RW_METHODS",
+    "TRUNKS",
+    "TRUNK_MODES",
     "ALCFCN",
     "ActivationHead",
     "AffinityHead",
@@ -28,9 +35,12 @@ __all__ = [
     "build_trunk",
 ]
 
-_BACKBONES = ("resnet38", "efficientnet_lite0", "tiny")
-_NAMES = ("alcfcn", "fcn8_vgg16")
+# The names a config may use (``config_utils.validate_config`` checks against these).
+MODEL_NAMES = ("alcfcn", "fcn8_vgg16")
+TRUNKS = ("resnet38", "efficientnet_lite0", "tiny")  # A-LCFCN trunks
+BACKBONES = (*TRUNKS, "vgg16")  # vgg16: the FCN8's
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = tuple(_DTYPES)
 # Affinity head widths (f8_3, f8_4, f8_5): the reference's for real trunks, small for the tiny one.
 _AFFINITY_WIDTHS = {"tiny": (8, 8, 16)}
 _REFERENCE_AFFINITY_WIDTHS = (64, 128, 256)
@@ -83,7 +93,7 @@ def build_trunk(
         return EfficientNetLite0Trunk(
             dtype=dtype, rngs=rngs, dilated=output_stride == 8, taps=tuple(taps) or DEFAULT_TAPS
         )
-    raise ValueError(f"model.backbone must be one of {_BACKBONES}, got {backbone!r}")
+    raise ValueError(f"model.backbone must be one of {TRUNKS}, got {backbone!r}")
 
 
 def build_model(model_cfg: Any, *, rngs: nnx.Rngs) -> nnx.Module:
@@ -102,11 +112,11 @@ def build_model(model_cfg: Any, *, rngs: nnx.Rngs) -> nnx.Module:
       rngs: ``nnx.Rngs`` with ``params`` and ``dropout`` streams.
 
     Returns:
-      The model, with weights loaded when ``model_cfg.weights`` is set.
+      The model, freshly initialised (``model_cfg.weights`` is read only to pick the FCN8's
+      default input format; ``alcfcn_jax.weights.build_pretrained`` loads the weights).
 
     Raises:
       ValueError: an unknown name, backbone, mode or dtype.
-      FileNotFoundError, alcfcn_jax.weights.WeightImportError: the weights cannot be loaded.
     """
     name = str(_get(model_cfg, "name", "alcfcn"))
     dtype = _dtype(model_cfg)
@@ -140,59 +150,12 @@ def build_model(model_cfg: Any, *, rngs: nnx.Rngs) -> nnx.Module:
     elif name == "fcn8_vgg16":
         from alcfcn_jax.models.vgg16_fcn8 import FCN8VGG16
 
-        backbone = "vgg16"
         # Keras (.h5) VGG weights expect Caffe-style BGR input; torchvision's ImageNet-normalised.
         weights_path = str(_get(model_cfg, "weights", "") or "")
         default_format = "caffe_bgr" if weights_path.lower().endswith(".h5") else "imagenet"
         input_format = str(_get(model_cfg, "input_format", default_format))
         model = FCN8VGG16(n_classes, dtype=dtype, input_format=input_format, rngs=rngs)
     else:
-        raise ValueError(f"model.name must be one of {_NAMES}, got {name!r}")
+        raise ValueError(f"model.name must be one of {MODEL_NAMES}, got {name!r}")
 
-    weights = str(_get(model_cfg, "weights", "") or "")
-    if weights:
-        allow_missing = tuple(_get(model_cfg, "weights_allow_missing", ()) or ())
-        load_weights(model, backbone, weights, allow_missing=allow_missing)
     return model
-
-
-def load_weights(
-    model: nnx.Module, backbone: str, path: str | os.PathLike, *, allow_missing: tuple = ()
-) -> None:
-    """Loads pretrained weights into ``model`` with the importer of ``backbone``.
-
-    Args:
-      model: a model built by :func:`build_model`.
-      backbone: "resnet38" (SEAM/PSA ResNet-38d incl. heads), "efficientnet_lite0" (ImageNet
-        trunk weights into ``model.trunk``) or "vgg16" (ImageNet VGG-16 into the FCN8).
-      path: the weight file.
-      allow_missing: names allowed absent (ResNet-38d only; empty = importer default, fc8).
-
-    Raises:
-      ValueError: no importer for this backbone, or ``allow_missing`` given where unsupported.
-      FileNotFoundError, WeightImportError: from the importer.
-    """
-    if backbone == "resnet38":
-        from alcfcn_jax.weights.resnet38 import DEFAULT_ALLOW_MISSING, load_resnet38
-
-        load_resnet38(model, path, allow_missing=allow_missing or DEFAULT_ALLOW_MISSING)
-        return
-    if allow_missing:
-        raise ValueError(
-            f"model.weights_allow_missing is only supported for resnet38, not {backbone}"
-        )
-    if backbone == "efficientnet_lite0":
-        from alcfcn_jax.weights.efficientnet import load_efficientnet_lite0
-
-        load_efficientnet_lite0(model.trunk, path)
-        return
-    if backbone == "vgg16":
-        from alcfcn_jax.weights import vgg16
-
-        suffix = os.path.splitext(os.fspath(path))[1].lower()
-        if suffix == ".h5":
-            vgg16.load_keras_vgg16(model, path)
-        else:
-            vgg16.load_torchvision_vgg16(model, path)
-        return
-    raise ValueError(f"no weight importer for backbone {backbone!r}")

@@ -48,8 +48,10 @@ from alcfcn_jax.ops import random_walk
 from alcfcn_jax.ops.resize import pad_to_multiple, resize_bilinear
 
 TrunkMode = Literal["two_pass", "single_pass"]
+TRUNK_MODES = ("two_pass", "single_pass")
+RW_METHODS = ("dense", "sparse", "auto")
 CAM_HEADS = ("fc8", "decoder")
-_STRIDE = 8
+_STRIDE = random_walk.STRIDE
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -97,10 +99,10 @@ class ALCFCN(nnx.Module):
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if trunk_mode not in ("two_pass", "single_pass"):
-            raise ValueError(f"trunk_mode must be 'two_pass' or 'single_pass', got {trunk_mode!r}")
-        if rw_method not in ("dense", "sparse", "auto"):
-            raise ValueError(f"rw_method must be 'dense', 'sparse' or 'auto', got {rw_method!r}")
+        if trunk_mode not in TRUNK_MODES:
+            raise ValueError(f"trunk_mode must be one of {TRUNK_MODES}, got {trunk_mode!r}")
+        if rw_method not in RW_METHODS:
+            raise ValueError(f"rw_method must be one of {RW_METHODS}, got {rw_method!r}")
         if cam_head not in CAM_HEADS:
             raise ValueError(f"cam_head must be one of {CAM_HEADS}, got {cam_head!r}")
         if n_classes < 1:

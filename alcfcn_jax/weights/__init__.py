@@ -1,9 +1,20 @@
-"""Import of PyTorch / numpy checkpoints into model state (and export back, for round trips).
+"""Import of PyTorch / Keras / numpy weight files into model state (and export back, for round trips).
+
+``build_pretrained(model_cfg, rngs=...)`` builds the network of a config (``models.build_model``)
+and loads ``model_cfg.weights`` with the importer of its backbone (``load_weights``).
 
 ``torch_pickle`` reads ``torch.save`` files without torch; ``common`` applies a checked name/shape
 mapping; ``resnet38`` (and the VGG16 / EfficientNet importers) hold the per-network mappings.
 """
 
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flax import nnx
+
+from alcfcn_jax.models import build_model
 from alcfcn_jax.weights.common import (
     CONV_OIHW_TO_HWIO,
     IDENTITY,
@@ -23,7 +34,70 @@ __all__ = [
     "Transform",
     "WeightImportError",
     "apply_mapping",
+    "build_pretrained",
     "export_arrays",
     "load_arrays",
+    "load_weights",
     "save_npz",
 ]
+
+
+def build_pretrained(model_cfg: Any, *, rngs: nnx.Rngs) -> nnx.Module:
+    """``models.build_model(model_cfg)``, then ``model_cfg.weights`` loaded when it is set.
+
+    Raises:
+      ValueError: as ``build_model``; or no importer for the backbone.
+      FileNotFoundError, WeightImportError: the weights cannot be loaded.
+    """
+    model = build_model(model_cfg, rngs=rngs)
+    path = str(model_cfg.get("weights", "") or "")
+    if path:
+        if model_cfg.get("name") == "fcn8_vgg16":
+            backbone = "vgg16"
+        else:
+            backbone = model_cfg.get("backbone") or "resnet38"
+        allow_missing = tuple(model_cfg.get("weights_allow_missing", ()) or ())
+        load_weights(model, str(backbone), path, allow_missing=allow_missing)
+    return model
+
+
+def load_weights(
+    model: nnx.Module, backbone: str, path: str | os.PathLike, *, allow_missing: tuple = ()
+) -> None:
+    """Loads pretrained weights into ``model`` with the importer of ``backbone``.
+
+    Args:
+      model: a model built by :func:`build_model`.
+      backbone: "resnet38" (SEAM/PSA ResNet-38d incl. heads), "efficientnet_lite0" (ImageNet
+        trunk weights into ``model.trunk``) or "vgg16" (ImageNet VGG-16 into the FCN8).
+      path: the weight file.
+      allow_missing: names allowed absent (ResNet-38d only; empty = importer default, fc8).
+
+    Raises:
+      ValueError: no importer for this backbone, or ``allow_missing`` given where unsupported.
+      FileNotFoundError, WeightImportError: from the importer.
+    """
+    if backbone == "resnet38":
+        from alcfcn_jax.weights.resnet38 import DEFAULT_ALLOW_MISSING, load_resnet38
+
+        load_resnet38(model, path, allow_missing=allow_missing or DEFAULT_ALLOW_MISSING)
+        return
+    if allow_missing:
+        raise ValueError(
+            f"model.weights_allow_missing is only supported for resnet38, not {backbone}"
+        )
+    if backbone == "efficientnet_lite0":
+        from alcfcn_jax.weights.efficientnet import load_efficientnet_lite0
+
+        load_efficientnet_lite0(model.trunk, path)
+        return
+    if backbone == "vgg16":
+        from alcfcn_jax.weights import vgg16
+
+        suffix = os.path.splitext(os.fspath(path))[1].lower()
+        if suffix == ".h5":
+            vgg16.load_keras_vgg16(model, path)
+        else:
+            vgg16.load_torchvision_vgg16(model, path)
+        return
+    raise ValueError(f"no weight importer for backbone {backbone!r}")

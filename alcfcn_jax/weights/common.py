@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from alcfcn_jax.io import save_npz_atomic
 from alcfcn_jax.models.layers import Frozen
 
 __all__ = [
@@ -102,11 +103,8 @@ def load_arrays(path: PathLike) -> dict[str, np.ndarray]:
 
 
 def save_npz(path: PathLike, arrays: Mapping[str, np.ndarray]) -> None:
-    """Writes named arrays to ``path`` (``.npz``) atomically (temp file, then rename)."""
-    path = os.fspath(path)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-    os.replace(tmp, path)
+    """Writes named arrays to ``path`` (``.npz``) atomically (``alcfcn_jax.io``)."""
+    save_npz_atomic(path, arrays)
 
 
 def _norm_target(target: Target) -> tuple[str | int, ...]:

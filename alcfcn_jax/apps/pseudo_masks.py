@@ -1,6 +1,6 @@
 """Pseudo masks for stage 2: one 0/255 PNG per training image from a stage-1 checkpoint.
 
-Layout (the stage-2 reader, ``alcfcn_jax.data.source.PseudoMaskSource``, reads exactly this)::
+Layout (format and reader: ``alcfcn_jax.data.pseudo_masks``)::
 
     <workdir>/pseudo_masks/<id>.png     # ids may contain '/', giving subfolders (valid/xxx.png)
     <workdir>/pseudo_masks/manifest.json
@@ -26,7 +26,6 @@ barrier.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import time
@@ -39,69 +38,21 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from alcfcn_jax import evaluation
 from alcfcn_jax import sharding as shd
-from alcfcn_jax.eval_report import model_summary, write_json_atomic
-from alcfcn_jax.viz import save_png_atomic
-
-MANIFEST = "manifest.json"
-PROGRESS = ".in_progress.json"
-FORMAT_VERSION = 1
-
-
-class PseudoMaskError(ValueError):
-    """The pseudo-mask folder is missing, incomplete or from another checkpoint."""
-
-
-def mask_path(out_dir: str | os.PathLike, example_id: str) -> pathlib.Path:
-    """``<out_dir>/<id>.png``, refusing ids that would escape the folder."""
-    rel = pathlib.PurePosixPath(str(example_id))
-    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-        raise PseudoMaskError(f"example id {example_id!r} cannot be used as a file name")
-    return pathlib.Path(out_dir).joinpath(*rel.parts).with_name(rel.name + ".png")
-
-
-def load_manifest(
-    out_dir: str | os.PathLike, *, expected_step: int | None = None
-) -> dict[str, Any]:
-    """Reads and checks a pseudo-mask folder's manifest (for stage 2).
-
-    Args:
-      out_dir: the pseudo-mask folder (``<stage-1 workdir>/pseudo_masks``).
-      expected_step: the stage-1 checkpoint step the masks must come from (e.g. the current best
-        step); ``None`` skips that check.
-
-    Raises:
-      PseudoMaskError: no folder, no manifest (never generated, or interrupted), unreadable
-        manifest, masks from another step, or a listed mask file missing.
-    """
-    out_dir = pathlib.Path(out_dir)
-    hint = "run `python evaluate.py --config=<stage-1 config> --workdir=<stage-1 workdir> "
-    hint += "--mode=pseudo_masks`"
-    if not out_dir.is_dir():
-        raise PseudoMaskError(f"{out_dir}: pseudo-mask folder not found; {hint}")
-    path = out_dir / MANIFEST
-    if not path.exists():
-        state = " (an unfinished run left it incomplete)" if (out_dir / PROGRESS).exists() else ""
-        raise PseudoMaskError(f"{path}: no manifest{state}; {hint}")
-    try:
-        manifest = json.loads(path.read_text())
-        step = int(manifest["checkpoint_step"])
-        ids = list(manifest["ids"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise PseudoMaskError(f"{path}: unreadable manifest ({e}); {hint}") from e
-    if expected_step is not None and step != int(expected_step):
-        raise PseudoMaskError(
-            f"{path}: pseudo masks come from checkpoint step {step}, but step {expected_step} "
-            f"is expected (stale masks); {hint}"
-        )
-    missing = [i for i in ids if not mask_path(out_dir, i).exists()]
-    if missing:
-        raise PseudoMaskError(
-            f"{out_dir}: {len(missing)} mask(s) listed in the manifest are missing, "
-            f"e.g. {missing[0]!r}; {hint}"
-        )
-    return manifest
+from alcfcn_jax.data.pseudo_masks import (
+    FORMAT_VERSION,
+    MANIFEST,
+    PROGRESS,
+    PSEUDO_MASK_SUBDIR,
+    PseudoMaskError,
+    is_complete,
+    mask_path,
+    read_mask,
+)
+from alcfcn_jax.eval import evaluation, inference, metrics
+from alcfcn_jax.eval.report import model_summary
+from alcfcn_jax.io import read_json, save_png_atomic, write_json_atomic
+from alcfcn_jax.models import outputs
 
 
 def _make_mask_step(model: nnx.Module, mesh: jax.sharding.Mesh | None):
@@ -113,27 +64,10 @@ def _make_mask_step(model: nnx.Module, mesh: jax.sharding.Mesh | None):
     @jax.jit
     def step(state, images):
         logits = nnx.merge(graphdef, state)(images, train=False)
-        logits = evaluation.upsample_logits(logits, images.shape[1:3])
-        return evaluation.prediction(logits).astype(jnp.uint8)
+        logits = outputs.upsample_logits(logits, images.shape[1:3])
+        return outputs.prediction(logits).astype(jnp.uint8)
 
     return lambda images: step(state, images)
-
-
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
-def _any_process(flag: bool) -> bool:
-    """True when ``flag`` is true on any process (all processes must run the same jit calls)."""
-    if jax.process_count() == 1:
-        return flag
-    from jax.experimental import multihost_utils
-
-    flags = multihost_utils.process_allgather(np.asarray([int(flag)], np.int32))
-    return bool(np.asarray(flags).any())
 
 
 def _remove_masks(out_dir: pathlib.Path) -> int:
@@ -143,19 +77,6 @@ def _remove_masks(out_dir: pathlib.Path) -> int:
         p.unlink()
         n += 1
     return n
-
-
-def _read_mask(path: pathlib.Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return (np.asarray(im.convert("L")) > 127).astype(np.int64)
-
-
-def _confusion(pred: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    known = mask != 255
-    idx = pred[known].astype(np.int64) * 2 + mask[known].astype(np.int64)
-    return np.bincount(idx, minlength=4).reshape(2, 2)
 
 
 def generate(
@@ -187,8 +108,8 @@ def generate(
     manifest_path, progress_path = out_dir / MANIFEST, out_dir / PROGRESS
     t0 = time.perf_counter()
     if jax.process_index() == 0:
-        old = _read_json(manifest_path)
-        progress = _read_json(progress_path)
+        old = read_json(manifest_path)
+        progress = read_json(progress_path)
         if old is not None and int(old.get("checkpoint_step", -1)) != int(step):
             logging.info(
                 "pseudo masks: manifest is from step %s, not %d; regenerating",
@@ -202,7 +123,7 @@ def generate(
             if removed:
                 logging.info("pseudo masks: removed %d masks of another checkpoint", removed)
             write_json_atomic(progress_path, {"checkpoint_step": int(step), **summary})
-    _barrier("pseudo_masks_start")
+    shd.barrier("pseudo_masks_start")
 
     mask_step = _make_mask_step(model, mesh)
     multiple = evaluation.local_batch_multiple(mesh)
@@ -216,12 +137,12 @@ def generate(
         paths = [mask_path(out_dir, str(i)) for i in batch["id"]]
         todo = [bool(valid[i]) and not paths[i].exists() for i in range(b)]
         pred = None
-        if _any_process(any(todo)):
+        if shd.any_process(any(todo)):
             images = np.asarray(batch["image"], np.float32)
             images = evaluation.pad_rows(images, (-b) % multiple, 0.0)
             if mesh is not None:
                 images = shd.to_global({"x": images}, mesh)["x"]
-            pred = evaluation.to_host(mask_step(images), mesh)
+            pred = shd.to_host(mask_step(images), mesh)
         pad = batch.get("pad")
         masks = batch.get("mask")
         for i in range(b):
@@ -238,21 +159,23 @@ def generate(
                 save_png_atomic((m * 255).astype(np.uint8), paths[i])
                 n_written += 1
             else:
-                m = _read_mask(paths[i])
+                m = read_mask(paths[i])
                 h, w = m.shape
             ids.append(str(batch["id"][i]))
             true = None if masks is None else np.asarray(masks[i])[:h, :w]
             known = true is not None and bool((true != 255).any())
             with_mask.append(int(known))
-            cf_rows.append(_confusion(np.asarray(m) > 0, true) if known else np.zeros((2, 2)))
+            cf_rows.append(
+                metrics.confusion((m > 0).astype(np.int64), true) if known else np.zeros((2, 2))
+            )
 
     numeric = {
         "cf": np.asarray(cf_rows, np.int64).reshape(-1, 2, 2),
         "with_mask": np.asarray(with_mask, np.int64).reshape(-1),
     }
-    numeric, strings = evaluation.gather_rows(numeric, {"id": ids})
-    n_written_all = _sum_processes(n_written)
-    all_ids = strings["id"]
+    numeric = shd.gather_arrays(numeric)
+    all_ids = [i for part in shd.gather_json(ids) for i in part]
+    n_written_all = shd.sum_processes(n_written)
     if len(all_ids) != expected_count or len(set(all_ids)) != len(all_ids):
         raise PseudoMaskError(
             f"pseudo masks: got {len(all_ids)} examples ({len(set(all_ids))} distinct ids), "
@@ -261,8 +184,6 @@ def generate(
     quality = None
     n_known = int(numeric["with_mask"].sum())
     if n_known:
-        from alcfcn_jax import metrics
-
         cf = numeric["cf"].sum(axis=0)
         quality = {k: float(v) for k, v in metrics.iou_from_confusion(cf).items()}
         quality["num_images_with_masks"] = n_known
@@ -277,38 +198,13 @@ def generate(
         "written_this_run": n_written_all,
         "seconds_this_run": time.perf_counter() - t0,
     }
-    _barrier("pseudo_masks_written")
+    shd.barrier("pseudo_masks_written")
     if jax.process_index() == 0:
         write_json_atomic(manifest_path, manifest)
         if progress_path.exists():
             progress_path.unlink()
-    _barrier("pseudo_masks_done")
+    shd.barrier("pseudo_masks_done")
     return manifest
-
-
-def _sum_processes(n: int) -> int:
-    if jax.process_count() == 1:
-        return n
-    from jax.experimental import multihost_utils
-
-    return int(np.asarray(multihost_utils.process_allgather(np.asarray([n]))).sum())
-
-
-def _read_json(path: pathlib.Path) -> dict[str, Any] | None:
-    """A JSON file's content, or None if it does not exist or is unreadable (then it is redone)."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        logging.warning("%s is unreadable; treating it as absent", path)
-        return None
-
-
-def _is_complete(manifest: Mapping[str, Any] | None, step: int, out_dir: pathlib.Path) -> bool:
-    if manifest is None or int(manifest.get("checkpoint_step", -1)) != int(step):
-        return False
-    return all(mask_path(out_dir, i).exists() for i in manifest.get("ids", []))
 
 
 def write_pseudo_masks(
@@ -331,29 +227,18 @@ def write_pseudo_masks(
     Returns:
       The manifest.
     """
-    from alcfcn_jax import checkpoint
-    from alcfcn_jax.data import get_source
-    from alcfcn_jax.data.config import field
-    from alcfcn_jax.data.pipeline import eval_batches_from_config
-
     workdir = pathlib.Path(workdir)
-    out_dir = pathlib.Path(out_dir) if out_dir is not None else workdir / "pseudo_masks"
-    model, step, _ = checkpoint.restore_for_inference(config, str(workdir), which)
-    existing = _read_json(out_dir / MANIFEST)
-    if _is_complete(existing, step, out_dir):
-        logging.info("pseudo masks in %s are up to date (step %d); nothing to do", out_dir, step)
+    out_dir = pathlib.Path(out_dir) if out_dir is not None else workdir / PSEUDO_MASK_SUBDIR
+    run = inference.restore(config, workdir, which, mesh=mesh)
+    existing = read_json(out_dir / MANIFEST)
+    if is_complete(existing, run.step, out_dir):
+        logging.info(
+            "pseudo masks in %s are up to date (step %d); nothing to do", out_dir, run.step
+        )
         return existing
-    split = str(field(config.data, "train_split"))
-    source = get_source(config.data, split)
-    mesh = mesh or shd.make_mesh()
-    global_bs = int(config.train.eval_batch_size) or mesh.devices.size
-    batches = eval_batches_from_config(
-        config.data,
-        source,
-        batch_size=max(1, global_bs // jax.process_count()),
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
+    split = str(config.data.train_split)
+    source = run.source(split)
+    batches = run.batches(source, config.train.eval_batch_size)
     summary = {
         "checkpoint": str(which),
         "stage1_workdir": str(workdir.resolve()),
@@ -363,19 +248,19 @@ def write_pseudo_masks(
         "mask_format": "PNG, 0 = background, 255 = fish, at the pipeline's image size",
     }
     manifest = generate(
-        model,
+        run.model,
         batches,
         out_dir,
-        step=step,
+        step=run.step,
         expected_count=len(source),
         summary=summary,
-        mesh=mesh,
+        mesh=run.mesh,
     )
     logging.info(
         "pseudo masks: %d masks (%d written now) from step %d in %s; quality %s",
         manifest["count"],
         manifest["written_this_run"],
-        step,
+        run.step,
         out_dir,
         manifest["quality"],
     )

@@ -1,6 +1,6 @@
 """Learning curves of training runs: validation figures against steps, as one PNG.
 
-    python -m alcfcn_jax.curves --out=docs/learning_curves.png \
+    python -m alcfcn_jax.apps.curves --out=docs/learning_curves.png \
         runs/lcfcn:LCFCN runs/alcfcn:A-LCFCN [--metrics=val_mae,val_box_hit_rate] [--table]
 
 Reads each run's ``metrics.jsonl`` (the ``val`` rows), draws one panel per metric with a line
@@ -21,7 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from alcfcn_jax.viz import _font, label_colors, save_png_atomic
+from alcfcn_jax.eval.viz import _font, label_colors
+from alcfcn_jax.io import save_png_atomic
 
 TITLES = {
     "val_mae": "validation count MAE (lower is better)",

@@ -1,7 +1,7 @@
 """Evaluation run of a trained checkpoint: metrics.json, report.md, per-image CSV, overlay PNGs.
 
 ``run_evaluation`` is what ``evaluate.py`` calls: it restores the chosen checkpoint, evaluates the
-split on every device of every process (``alcfcn_jax.evaluation.evaluate``), and process 0 writes
+split on every device of every process (``alcfcn_jax.eval.evaluation.evaluate``), and process 0 writes
 ``<workdir>/eval/<split>/``:
 
   * ``metrics.json``  every figure, the checkpoint step, the split and the model summary;
@@ -12,9 +12,6 @@ split on every device of every process (``alcfcn_jax.evaluation.evaluate``), and
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 import pathlib
@@ -25,7 +22,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from alcfcn_jax.atomic import atomic_write
+from alcfcn_jax.io import csv_text, json_safe, save_png_atomic, write_json_atomic, write_text_atomic
+from alcfcn_jax.models import outputs
 
 # The A-LCFCN paper's Table 1 (DeepFish FishSeg test mIoU).
 PAPER_TABLE1 = {
@@ -47,49 +45,13 @@ PER_IMAGE_COLUMNS = (
 )
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> pathlib.Path:
-    """Writes text atomically (see :func:`alcfcn_jax.atomic.atomic_write`); returns the path."""
-    return atomic_write(path, lambda f: f.write(text), binary=False)
-
-
-def _json_safe(obj: Any) -> Any:
-    """Plain-JSON copy: numpy scalars to Python, NaN/inf to None (strict JSON has no NaN)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> pathlib.Path:
-    """Writes ``obj`` as indented strict JSON (NaN -> null), atomically."""
-    return write_text_atomic(path, json.dumps(_json_safe(obj), indent=2, sort_keys=True) + "\n")
-
-
 def per_image_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     """The per-image CSV text (columns ``PER_IMAGE_COLUMNS`` plus any box columns)."""
     cols = list(PER_IMAGE_COLUMNS)
     for extra in ("num_boxes", "box_hits"):
         if rows and extra in rows[0]:
             cols.append(extra)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: _fmt_csv(r.get(k)) for k in cols})
-    return buf.getvalue()
-
-
-def _fmt_csv(v: Any) -> Any:
-    if isinstance(v, float):
-        return "" if not math.isfinite(v) else f"{v:.6g}"
-    return v
+    return csv_text(rows, cols)
 
 
 def method_name(config: Any) -> str:
@@ -116,7 +78,7 @@ def model_summary(config: Any) -> dict[str, Any]:
     keys = ("name", "backbone", "n_classes", "with_affinity", "trunk_mode", "beta", "logt")
     keys += ("radius", "rw_method", "dtype")
     m = config.model
-    return {k: _json_safe(getattr(m, k)) for k in keys if hasattr(m, k)}
+    return {k: json_safe(getattr(m, k)) for k in keys if hasattr(m, k)}
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -217,8 +179,8 @@ def write_overlays(
     """Overlay PNGs of the first ``num`` examples of ``source`` (single device, batch 1)."""
     import jax.numpy as jnp
 
-    from alcfcn_jax import evaluation, metrics, viz
     from alcfcn_jax.data import preprocess as pp
+    from alcfcn_jax.eval import evaluation, metrics, viz
 
     fwd = evaluation.make_forward(model, return_aux=True)
     written = []
@@ -226,11 +188,11 @@ def write_overlays(
         ex = source[i]
         image = np.asarray(ex["image"], np.float32)
         logits, aux = fwd(jnp.asarray(image[None]))
-        prob = np.asarray(evaluation.fish_probability(logits))[0]
-        pred = np.asarray(evaluation.prediction(logits))[0]
+        prob = np.asarray(outputs.fish_probability(logits))[0]
+        pred = np.asarray(outputs.prediction(logits))[0]
         cam = aux.get("cam") if isinstance(aux, Mapping) else None
         with_rw = cam is not None and "aff_feats" in aux
-        cam_prob = np.asarray(evaluation.fish_probability(cam))[0] if with_rw else None
+        cam_prob = np.asarray(outputs.fish_probability(cam))[0] if with_rw else None
         pad = ex.get("pad")
         if pad is not None:
             pred = np.where(np.asarray(pad, bool), pred, 0)
@@ -249,7 +211,7 @@ def write_overlays(
             title=str(ex.get("id", i)),
         )
         safe = str(ex.get("id", i)).replace("/", "__")
-        written.append(viz.save_png_atomic(panel, pathlib.Path(out_dir) / f"{safe}.png"))
+        written.append(save_png_atomic(panel, pathlib.Path(out_dir) / f"{safe}.png"))
     return written
 
 
@@ -275,36 +237,21 @@ def run_evaluation(
       walk: ``False`` evaluates an A-LCFCN model's activation branch alone (no random walk) and
         writes to ``<workdir>/eval/<split>_nowalk/``: what the walk adds, measured.
     """
-    from alcfcn_jax import checkpoint, evaluation
-    from alcfcn_jax import sharding as shd
-    from alcfcn_jax.data import get_source
-    from alcfcn_jax.data.config import with_preprocessing
-    from alcfcn_jax.data.pipeline import eval_batches_from_config
+    from alcfcn_jax.eval import evaluation, inference
 
     workdir = pathlib.Path(workdir)
-    model, step, ckpt_meta = checkpoint.restore_for_inference(config, str(workdir), which)
+    run = inference.restore(config, workdir, which, mesh=mesh)
+    model, step, ckpt_meta = run.model, run.step, run.meta
     if not walk:
         from alcfcn_jax.models.alcfcn import WithoutWalk
 
         model = WithoutWalk(model)
-    # Images are prepared exactly as in the checkpoint's training run.
-    data_cfg = with_preprocessing(config.data, checkpoint.recorded_preprocessing(ckpt_meta, config))
-    split_name = resolve_split(data_cfg, split)
-    source = get_source(data_cfg, split_name)
+    split_name = resolve_split(run.data_cfg, split)
+    source = run.source(split_name)
     if len(source) == 0:
         raise ValueError(f"split {split!r} ({split_name!r}) of {config.data.dataset!r} is empty")
-    boxes = "boxes" in source[0]
-    mesh = mesh or shd.make_mesh()
-    global_bs = int(config.train.eval_batch_size) or mesh.devices.size  # 0 = one per device
-    per_process = max(1, global_bs // jax.process_count())
-    batches = eval_batches_from_config(
-        data_cfg,
-        source,
-        batch_size=per_process,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    result = evaluation.evaluate(model, batches, mesh=mesh, per_image=True, boxes=boxes)
+    batches = run.batches(source, config.train.eval_batch_size)
+    result = evaluation.evaluate(model, batches, mesh=run.mesh, per_image=True, boxes=run.boxes)
     out_dir = workdir / "eval" / (split if walk else f"{split}_nowalk")
     meta = {
         "method": method_name(config),
@@ -316,7 +263,7 @@ def run_evaluation(
         "walk": bool(walk),
         "workdir": str(workdir),
         "model": model_summary(config),
-        "checkpoint_meta": _json_safe(dict(ckpt_meta or {})),
+        "checkpoint_meta": json_safe(dict(ckpt_meta or {})),
     }
     if jax.process_index() == 0:
         per_image = result.pop("per_image")

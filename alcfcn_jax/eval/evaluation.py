@@ -33,40 +33,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import PartitionSpec
 
-from alcfcn_jax import metrics
 from alcfcn_jax import sharding as shd
+from alcfcn_jax.data.pipeline import split_taps
+from alcfcn_jax.eval import metrics
+from alcfcn_jax.models.outputs import IGNORE, prediction, upsample_logits
 
 GAME_LEVELS = (0, 1, 2, 3)
-IGNORE = 255
 # Per-image numeric row layout used for pooling and the multi-host gather.
 _N_GAME = 2 * len(GAME_LEVELS)
-
-
-def fish_probability(logits: jax.Array) -> jax.Array:
-    """Fish probability from (B,H,W,C) logits: softmax channel 1, or sigmoid for one channel."""
-    if logits.shape[-1] == 1:
-        return jax.nn.sigmoid(logits[..., 0])
-    return jax.nn.softmax(logits, axis=-1)[..., 1]
-
-
-def prediction(logits: jax.Array) -> jax.Array:
-    """(B,H,W) int32 class map: argmax, or logit > 0 for a one-channel (sigmoid) head."""
-    if logits.shape[-1] == 1:
-        return (logits[..., 0] > 0).astype(jnp.int32)
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-
-def upsample_logits(logits: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """Bilinear (half-pixel, no antialiasing) resize of (B,h,w,C) logits to ``size``.
-
-    A no-op for the models of this package, which already return input-size logits.
-    """
-    if tuple(logits.shape[1:3]) == tuple(size):
-        return logits
-    b, c = logits.shape[0], logits.shape[-1]
-    return jax.image.resize(logits, (b, *size, c), method="bilinear", antialias=False)
 
 
 def _put_state(model: nnx.Module, mesh: jax.sharding.Mesh | None):
@@ -166,7 +141,7 @@ def _prepare_batch(batch: Mapping[str, Any], multiple: int) -> dict[str, Any]:
     ``inputs`` is the (B,H,W,3) images, or ``{name: taps}`` for a batch of the feature cache
     (``taps/<name>`` entries, no image).
     """
-    taps = {k[5:]: np.asarray(v, np.float32) for k, v in batch.items() if k.startswith("taps/")}
+    taps = {k: np.asarray(v, np.float32) for k, v in (split_taps(batch) or {}).items()}
     if taps:
         b = len(next(iter(taps.values())))
         h, w = np.asarray(batch["points"]).shape[1:3]
@@ -196,16 +171,6 @@ def _prepare_batch(batch: Mapping[str, Any], multiple: int) -> dict[str, Any]:
         "labels": pad_rows(labels, n_extra, IGNORE),
         "n_real": b,
     }
-
-
-def to_host(x: jax.Array, mesh: jax.sharding.Mesh | None) -> np.ndarray:
-    """This process's rows of a data-sharded global array, as numpy."""
-    if mesh is None or jax.process_count() == 1:
-        return np.asarray(x)
-    from jax.experimental import multihost_utils
-
-    local = multihost_utils.global_array_to_host_local_array(x, mesh, PartitionSpec(shd.DATA_AXIS))
-    return np.asarray(local)
 
 
 def valid_extent(pad: np.ndarray | None, h: int, w: int) -> tuple[int, int]:
@@ -274,43 +239,6 @@ def _image_row(
         games.append(float(metrics.game(pp, gt_points, level, divide_by_4=True)))
     del true_count
     return pred_count, np.asarray(games, np.float64), pp
-
-
-def gather_rows(
-    numeric: dict[str, np.ndarray], strings: dict[str, list[str]]
-) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-    """Concatenates every process's per-image rows (identity on a single process)."""
-    if jax.process_count() == 1:
-        return numeric, strings
-    from jax.experimental import multihost_utils
-
-    n_local = len(next(iter(strings.values())))
-    counts = np.asarray(multihost_utils.process_allgather(np.asarray([n_local], np.int64)))
-    counts = counts.reshape(-1)
-    n_max = int(counts.max())
-    out_num = {}
-    for k, v in numeric.items():
-        padded = pad_rows(np.asarray(v), n_max - len(v), 0)
-        g = np.asarray(multihost_utils.process_allgather(padded))
-        out_num[k] = np.concatenate([g[p, : counts[p]] for p in range(len(counts))])
-    out_str = {}
-    for k, vals in strings.items():
-        enc = [s.encode("utf-8") for s in vals]
-        width = int(
-            np.asarray(
-                multihost_utils.process_allgather(np.asarray([max([len(e) for e in enc] + [1])]))
-            ).max()
-        )
-        arr = np.zeros((n_max, width), np.uint8)
-        for i, e in enumerate(enc):
-            arr[i, : len(e)] = np.frombuffer(e, np.uint8)
-        g = np.asarray(multihost_utils.process_allgather(arr))
-        out_str[k] = [
-            bytes(g[p, i]).rstrip(b"\0").decode("utf-8")
-            for p in range(len(counts))
-            for i in range(counts[p])
-        ]
-    return out_num, out_str
 
 
 def _summary(
@@ -393,7 +321,7 @@ def evaluate(
         return batch, prep, step(*args)
 
     def collect(batch, prep, out):
-        pred, cf = (to_host(o, mesh) for o in out)
+        pred, cf = (shd.to_host(o, mesh) for o in out)
         n_real = prep["n_real"]
         valid = np.asarray(batch.get("valid", np.ones((n_real,), bool)), bool).reshape(n_real)
         pad = batch.get("pad")
@@ -443,7 +371,11 @@ def evaluate(
     }
     if boxes:
         numeric["box"] = np.asarray(rows["box"], np.int64).reshape(-1, 4)
-    numeric, strings = gather_rows(numeric, {"id": rows["id"], "habitat": rows["habitat"]})
+    # Every process's rows, exactly (multi-host; float64 stays float64).
+    numeric = shd.gather_arrays(numeric)
+    strings = {
+        k: [s for part in shd.gather_json(list(rows[k])) for s in part] for k in ("id", "habitat")
+    }
     if len(strings["id"]) == 0:
         raise ValueError("evaluation got no images: the split is empty or every row was padding")
 

@@ -8,15 +8,11 @@ half-written picture behind.
 from __future__ import annotations
 
 import colorsys
-import os
-import pathlib
 from collections.abc import Sequence
 
 import numpy as np
 import scipy.ndimage as ndi
 from PIL import Image, ImageDraw, ImageFont
-
-from alcfcn_jax.atomic import atomic_write
 
 # Anchor colours of matplotlib's "viridis" (public colour values), interpolated linearly: a
 # perceptually ordered heat map that stays readable in greyscale print.
@@ -250,9 +246,3 @@ def eval_panel(
         name = "after random walk" if cam_prob is not None else "fish probability"
         tiles.append((name, heatmap(fish_prob)))
     return tile_grid(tiles, columns=3 if len(tiles) > 4 else 2, header=title)
-
-
-def save_png_atomic(image: Image.Image | np.ndarray, path: str | os.PathLike) -> pathlib.Path:
-    """Writes a PNG atomically (see :func:`alcfcn_jax.atomic.atomic_write`); returns the path."""
-    pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-    return atomic_write(path, lambda f: pil.save(f, format="PNG"), binary=True)

@@ -1,0 +1,2 @@
+"""Applications of a trained checkpoint: pseudo masks, predict on a folder, fish measurement,
+learning curves."""

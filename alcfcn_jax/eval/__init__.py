@@ -1,0 +1,1 @@
+"""Evaluation: pooled IoU / count / GAME metrics, the sharded evaluation pass, reports, overlays."""

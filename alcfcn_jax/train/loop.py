@@ -1,0 +1,409 @@
+"""The training loop: train, validate, checkpoint, resume; the ``train.py`` entry.
+
+``train_and_evaluate`` runs in explicit sections: set up (mesh, data, state, resume), the loop
+(step, log, validate, checkpoint) and the end-of-run figures (count baseline, test split at the
+best checkpoint). Rerunning the same command continues from the latest checkpoint with the same
+data order and dropout masks; a finished run only reports its final figures again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import pathlib
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+from flax import nnx
+
+from alcfcn_jax import config_utils
+from alcfcn_jax import sharding as shd
+from alcfcn_jax.checkpoint import Checkpointer, is_better
+from alcfcn_jax.eval.baseline import count_baseline
+from alcfcn_jax.eval.evaluation import evaluate
+from alcfcn_jax.io import read_json, write_json_atomic, write_text_atomic
+from alcfcn_jax.losses.affinity import AffinityLoss
+from alcfcn_jax.train import data as train_data
+from alcfcn_jax.train.metric_writer import MetricWriter, quiet_library_logs
+from alcfcn_jax.train.optim import learning_rate_schedule
+from alcfcn_jax.train.state import (
+    Graphs,
+    TrainState,
+    create_train_state,
+    param_counts,
+    restore_state,
+    save_state,
+)
+from alcfcn_jax.train.step import make_train_step, prepare_batch
+
+FINAL_FILE = "final.json"
+
+
+class _Window:
+    """Averages of per-step metrics and timings between two log lines."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.n = 0
+        self.data_s = 0.0
+        self.step_s = 0.0
+        self.skipped = 0
+
+    def add(self, metrics: Mapping[str, float], *, data_s: float, step_s: float) -> None:
+        for k, v in metrics.items():
+            if k in ("skipped", "nonfinite", "lr"):
+                continue
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.skipped += int(metrics.get("skipped", 0.0) > 0)
+        self.lr = float(metrics.get("lr", math.nan))
+        self.n += 1
+        self.data_s += data_s
+        self.step_s += step_s
+
+    def summary(self, images_per_step: int) -> dict[str, float]:
+        out = {k: v / self.n for k, v in self.sums.items()}
+        wall = self.data_s + self.step_s
+        out.update(
+            lr=self.lr,
+            skipped_updates=self.skipped,
+            steps_per_second=self.n / wall if wall > 0 else math.nan,
+            images_per_second=self.n * images_per_step / wall if wall > 0 else math.nan,
+            data_seconds=self.data_s / self.n,
+            step_seconds=self.step_s / self.n,
+            data_share=self.data_s / wall if wall > 0 else math.nan,
+        )
+        return out
+
+
+def affinity_loss_from_config(config: Any) -> AffinityLoss | None:
+    """``config.loss.affinity_*`` as an :class:`AffinityLoss`, or None when the weight is 0."""
+    weight = float(config.loss.affinity_weight)
+    if weight == 0.0:
+        return None
+    return AffinityLoss(
+        weight=weight,
+        fg=float(config.loss.affinity_fg),
+        bg=float(config.loss.affinity_bg),
+        radius=int(config.model.radius),
+    )
+
+
+def _scalars(result: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    """The numeric top-level entries of an evaluation result, keys prefixed."""
+    return {
+        f"{prefix}{k}": float(v)
+        for k, v in result.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def evaluate_split(
+    graphs: Graphs,
+    state: TrainState,
+    data: train_data.TrainData,
+    source: Any,
+    mesh: jax.sharding.Mesh,
+    *,
+    per_image: bool = False,
+) -> dict[str, Any]:
+    """Runs ``alcfcn_jax.eval.evaluation.evaluate`` on ``source`` with the current model state."""
+    model = nnx.merge(graphs.model, state["model"])
+    return evaluate(
+        model, data.eval_batches(source), mesh=mesh, per_image=per_image, boxes=data.boxes
+    )
+
+
+def _nonfinite_message(step: int, metrics: Mapping[str, float]) -> str:
+    bad = [k for k, v in metrics.items() if k.startswith("loss") and not math.isfinite(v)]
+    terms = [k.removeprefix("loss_") for k in bad if k != "loss"]
+    if terms:
+        what = "term(s) " + ", ".join(f"{t}={metrics['loss_' + t]}" for t in terms)
+    elif bad:
+        what = f"loss={metrics['loss']}"
+    else:
+        what = f"gradient (grad_norm={metrics.get('grad_norm')})"
+    return f"non-finite loss at step {step}: {what}"
+
+
+def _stop_on_nonfinite(
+    ckpt: Checkpointer,
+    writer: MetricWriter,
+    mesh: jax.sharding.Mesh,
+    *,
+    config: Any,
+    state: TrainState,
+    step: int,
+    metrics: Mapping[str, float],
+    best: Mapping[str, Any],
+    data_state: Any,
+) -> None:
+    """Saves the last good state and raises FloatingPointError naming the step and the term.
+
+    The failed step left parameters and optimizer state untouched: they are kept as the
+    checkpoint of step - 1 with the data state before the batch, so a resume replays it.
+    """
+    good = dict(state, step=jax.device_put(jnp.asarray(step - 1, jnp.int32), shd.replicated(mesh)))
+    if ckpt.latest_step() != step - 1 and step - 1 > 0:
+        save_state(ckpt, step - 1, good, config=config, best=best, data_state=data_state, val=None)
+    ckpt.wait()
+    message = _nonfinite_message(step, metrics)
+    writer.write(step, {**metrics, "error": message}, kind="error")
+    raise FloatingPointError(
+        f"{message}. Training stopped; the last good checkpoint is step "
+        f"{ckpt.latest_step()} in {ckpt.directory}."
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (or resumes) a run in ``workdir``, validating and checkpointing as configured.
+
+    Args:
+      config: the experiment config (validated and resolved first).
+      workdir: the run's directory (checkpoints, ``metrics.jsonl``, ``config.json``).
+
+    Returns:
+      The final figures: ``step``, ``best`` (step and score), the last validation metrics and,
+      when configured, the test metrics and the median-count baseline.
+
+    Raises:
+      FloatingPointError: a non-finite loss (the message names the step and the term; the last
+        good state is saved first).
+      alcfcn_jax.checkpoint.CheckpointError: the workdir holds a checkpoint of another model.
+    """
+    # --- set up: mesh, batch sizes, data, state ---------------------------------------------
+    config = config_utils.resolve(config)
+    tc = config.train
+    workdir_path = pathlib.Path(workdir).expanduser()
+    mesh = shd.make_mesh()
+    n_dev = mesh.devices.size
+    batch = config_utils.resolve_batch_size(int(tc.batch_size), n_dev, "train.batch_size")
+    eval_batch = config_utils.resolve_batch_size(
+        int(tc.eval_batch_size), n_dev, "train.eval_batch_size"
+    )
+    local_batch = batch // jax.process_count()
+    logging.info(
+        "Process %d/%d, %d local of %d devices (%s); global batch %d, eval batch %d",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        n_dev,
+        jax.devices()[0].platform,
+        batch,
+        eval_batch,
+    )
+    select_key = f"val_{tc.select_metric}"
+    data = train_data.build(
+        config, local_batch=local_batch, eval_batch_local=eval_batch // jax.process_count()
+    )
+    num_steps = int(tc.num_steps)
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(jax.set_mesh(mesh))
+        graphs, state = create_train_state(config, mesh)
+        model = nnx.merge(graphs.model, state["model"])
+        data = train_data.attach_feature_cache(config, model, data, local_batch)
+        counts = param_counts(state, graphs.wrt)
+        logging.info(
+            "Model: %s/%s, %d trainable and %d frozen/statistics values",
+            config.model.name,
+            config.model.backbone,
+            counts["trainable"],
+            counts["other"],
+        )
+        ckpt = Checkpointer(workdir_path, keep=int(tc.keep_checkpoints), best_metric=select_key)
+        stack.callback(ckpt.close)
+
+        # --- resume ------------------------------------------------------------------------
+        best: dict[str, Any] = {"step": None, "score": None, "metric": select_key}
+        last_val: dict[str, float] | None = None
+        latest = ckpt.latest_step()
+        if latest is not None:
+            state, meta, data_state = restore_state(ckpt, latest, config, state, mesh)
+            best = dict(meta.get("best") or best)
+            last_val = meta.get("val")
+            if data_state is not None:
+                data.iterator.set_state(data_state)
+            logging.info("Resumed from %s at step %d", ckpt.directory, latest)
+            done = read_json(workdir_path / FINAL_FILE)
+            if latest >= num_steps and done is not None and done.get("step") == latest:
+                logging.info("Run already finished at step %d; final figures: %s", latest, done)
+                return done
+        start = int(jax.device_get(state["step"]))
+
+        step_kwargs = dict(
+            loss_name=config.loss.name,
+            learning_rate=learning_rate_schedule(config.optim, num_steps),
+            skip_zero_loss=bool(tc.skip_zero_loss),
+            affinity=affinity_loss_from_config(config),
+        )
+        step_fn = make_train_step(graphs, mesh, **step_kwargs)
+        # Walk warm-up: the first steps train the activation logits without the random walk.
+        warmup = int(tc.walk_warmup_steps)
+        warmup_fn = make_train_step(graphs, mesh, walk=False, **step_kwargs) if warmup else None
+        writer = stack.enter_context(
+            MetricWriter(
+                workdir_path,
+                total_steps=num_steps,
+                is_chief=jax.process_index() == 0,
+                tensorboard=str(tc.tensorboard),
+                progress=bool(tc.progress),
+            )
+        )
+        if start == 0 and bool(tc.eval_at_start):
+            result = evaluate_split(graphs, state, data, data.val, mesh)
+            writer.write(0, _scalars(result, "val_"), kind="val")
+
+        # --- the loop: step, log, validate, checkpoint --------------------------------------
+        window = _Window()
+        last_result: dict[str, Any] | None = None
+        data_state = data.iterator.get_state()
+        step = start
+        run_start = time.perf_counter()
+        while step < num_steps:
+            t0 = time.perf_counter()
+            global_batch = shd.to_global(prepare_batch(next(data.iterator)), mesh)
+            t1 = time.perf_counter()
+            prev_data_state = data_state
+            state, metrics = (warmup_fn if step < warmup else step_fn)(state, global_batch)
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            t2 = time.perf_counter()
+            step += 1
+            data_state = data.iterator.get_state()
+            if metrics["nonfinite"] > 0:
+                _stop_on_nonfinite(
+                    ckpt,
+                    writer,
+                    mesh,
+                    config=config,
+                    state=state,
+                    step=step,
+                    metrics=metrics,
+                    best=best,
+                    data_state=prev_data_state,
+                )
+            window.add(metrics, data_s=t1 - t0, step_s=t2 - t1)
+            writer.update_progress(step, f"loss {metrics['loss']:.4g}")
+            if step % int(tc.log_every) == 0 or step == num_steps:
+                writer.write(step, window.summary(batch))
+                window = _Window()
+            val = None
+            if step % int(tc.eval_every) == 0 or step == num_steps:
+                # The last validation keeps its per-image rows for the count baseline.
+                per_image = bool(tc.count_baseline) and step == num_steps
+                last_result = evaluate_split(
+                    graphs, state, data, data.val, mesh, per_image=per_image
+                )
+                val = _scalars(last_result, "val_")
+                if is_better(val.get(select_key, math.nan), best["score"], select_key):
+                    best = {"step": step, "score": val[select_key], "metric": select_key}
+                writer.write(
+                    step,
+                    {**val, "best_step": best["step"], "best_score": best["score"]},
+                    kind="val",
+                )
+                last_val = val
+            if val is not None or step % int(tc.checkpoint_every) == 0 or step == num_steps:
+                save_state(
+                    ckpt, step, state, config=config, best=best, data_state=data_state, val=val
+                )
+        train_seconds = time.perf_counter() - run_start
+        ckpt.wait()
+
+        # --- end of run ----------------------------------------------------------------------
+        final = _finish(
+            config,
+            graphs,
+            state,
+            data,
+            mesh,
+            ckpt,
+            writer,
+            step=step,
+            best=best,
+            last_val=last_val,
+            train_seconds=train_seconds,
+            last_result=last_result,
+        )
+        if jax.process_index() == 0:
+            write_json_atomic(workdir_path / FINAL_FILE, final)
+        ckpt.wait()
+        return final
+
+
+def _finish(
+    config: Any,
+    graphs: Graphs,
+    state: TrainState,
+    data: train_data.TrainData,
+    mesh: jax.sharding.Mesh,
+    ckpt: Checkpointer,
+    writer: MetricWriter,
+    *,
+    step: int,
+    best: Mapping[str, Any],
+    last_val: Mapping[str, float] | None,
+    train_seconds: float,
+    last_result: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """End-of-run figures: baseline, best checkpoint, optional test evaluation."""
+    tc = config.train
+    final: dict[str, Any] = {
+        "step": step,
+        "best": dict(best),
+        "val": dict(last_val or {}),
+        "train_seconds": round(train_seconds, 2),
+    }
+    if bool(tc.count_baseline):
+        result = last_result
+        if result is None or "per_image" not in result:
+            result = evaluate_split(graphs, state, data, data.val, mesh, per_image=True)
+        baseline = count_baseline(data.train, result["per_image"])
+        baseline["val_mae"] = float(result["mae"])
+        final["count_baseline"] = baseline
+        writer.write(step, baseline, kind="baseline")
+        logging.info(
+            "Validation count MAE %.4f vs %.4f for always predicting the median training count "
+            "(%g)",
+            baseline["val_mae"],
+            baseline["median_baseline_mae"],
+            baseline["median_train_count"],
+        )
+    if bool(tc.eval_test):
+        best_step = ckpt.resolve("best")
+        restored = state
+        if best_step != step:
+            model_state, _, _, _ = ckpt.restore(
+                best_step, model_state=state["model"], opt_state=None, with_data=False
+            )
+            restored = dict(state, model=model_state)
+        result = evaluate_split(graphs, restored, data, data.test_source(), mesh)
+        test = _scalars(result, "test_")
+        test["checkpoint_step"] = best_step
+        final["test"] = test
+        writer.write(step, test, kind="test")
+    return final
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> pathlib.Path | None:
+    """Writes ``workdir/config.json`` atomically (process 0 only) and returns its path."""
+    if jax.process_index() != 0:
+        return None
+    path = pathlib.Path(workdir).expanduser() / "config.json"
+    return write_text_atomic(path, config_utils.config_to_json(config) + "\n")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """The ``train.py`` entry: validate and resolve, log and save the config, train, evaluate."""
+    quiet_library_logs()
+    config = config_utils.resolve(config)
+    logging.info("Config:\n%s", config_utils.config_to_json(config))
+    write_config(config, workdir)
+    final = train_and_evaluate(config, workdir)
+    logging.info("Final: %s", json.dumps(final, default=str))
+    return final

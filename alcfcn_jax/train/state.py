@@ -1,0 +1,145 @@
+"""The train state: build it, count it, save it into and restore it from a checkpoint.
+
+The state is a plain dict pytree ``{"model", "opt", "step", "rng"}``: the model's and the
+optimizer's NNX states (``nnx.split`` once), the number of completed steps and the base PRNG key,
+replicated over the mesh. :class:`Graphs` holds the static halves that ``nnx.merge`` needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from alcfcn_jax import config_utils
+from alcfcn_jax import sharding as shd
+from alcfcn_jax.checkpoint import Checkpointer
+from alcfcn_jax.data.preprocess import Preprocessing
+from alcfcn_jax.train.optim import make_optimizer, trainable_filter
+from alcfcn_jax.weights import build_pretrained
+
+TrainState = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Graphs:
+    """The static halves of the split model and optimizer (``nnx.merge`` needs them), and the
+    filter of the trained parameters."""
+
+    model: Any
+    opt: Any
+    wrt: Any = nnx.Param
+
+
+def build_model_from_config(config: Any) -> nnx.Module:
+    """The network of ``config.model`` with its pretrained weights (``model.weights``), seeded
+    with ``config.seed`` for parameters and dropout."""
+    seed = int(config.seed)
+    return build_pretrained(config.model, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+
+
+def create_train_state(
+    config: Any,
+    mesh: jax.sharding.Mesh,
+    *,
+    model: nnx.Module | None = None,
+) -> tuple[Graphs, TrainState]:
+    """Builds the model (unless given) and optimizer; returns their graphs and the replicated state.
+
+    Args:
+      config: the experiment config (``model``, ``optim``, ``seed``).
+      mesh: the ``("data",)`` device mesh; the state is replicated over it.
+      model: an already built model (tests pass stand-ins); built from ``config.model`` if None.
+    """
+    if model is None:
+        model = build_model_from_config(config)
+    wrt = trainable_filter(config.optim)
+    tx = make_optimizer(config.optim, int(config.train.num_steps))
+    opt = nnx.Optimizer(model, tx, wrt=wrt)
+    graph_model, model_state = nnx.split(model)
+    graph_opt, opt_state = nnx.split(opt)
+    state = {
+        "model": model_state,
+        "opt": opt_state,
+        "step": jnp.zeros((), jnp.int32),
+        "rng": jax.random.key(int(config.seed)),
+    }
+    state = jax.device_put(state, shd.replicated(mesh))
+    return Graphs(graph_model, graph_opt, wrt), state
+
+
+def param_counts(state: TrainState, wrt: Any = nnx.Param) -> dict[str, int]:
+    """Numbers of trained (``wrt``: every ``nnx.Param``, less a frozen trunk's) and other
+    (frozen, statistics) model values."""
+    total = sum(
+        int(np.prod(x.shape)) for x in jax.tree.leaves(state["model"]) if hasattr(x, "shape")
+    )
+    trainable = sum(
+        int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.filter_state(state["model"], wrt))
+    )
+    return {"trainable": trainable, "other": total - trainable}
+
+
+def checkpoint_meta(
+    config: Any, state: TrainState, best: Mapping[str, Any], **extra
+) -> dict[str, Any]:
+    """The JSON saved beside a state: config, preprocessing, rng key, best score so far."""
+    rng = np.asarray(jax.device_get(jax.random.key_data(state["rng"]))).tolist()
+    return {
+        "config": config_utils.to_plain(config),
+        # How images became inputs: evaluate and predict see them exactly so.
+        "preprocessing": Preprocessing.from_data_config(config.data).to_dict(),
+        "rng": rng,
+        "best": dict(best),
+        **extra,
+    }
+
+
+def save_state(
+    ckpt: Checkpointer,
+    step: int,
+    state: TrainState,
+    *,
+    config: Any,
+    best: Mapping[str, Any],
+    data_state: Any,
+    val: Mapping[str, float] | None,
+) -> None:
+    """Saves ``state`` at ``step`` with its metadata and the data-iterator state; the validation
+    score ``val[ckpt.best_metric]`` (when finite) ranks it for best-checkpoint retention."""
+    key = ckpt.best_metric
+    metrics = None
+    if val is not None and math.isfinite(val.get(key, math.nan)):
+        metrics = {key: val[key]}
+    ckpt.save(
+        step,
+        model_state=state["model"],
+        opt_state=state["opt"],
+        meta=checkpoint_meta(config, state, best, val=dict(val) if val else None),
+        data_state=data_state,
+        metrics=metrics,
+    )
+
+
+def restore_state(
+    ckpt: Checkpointer, step: int, config: Any, state: TrainState, mesh: jax.sharding.Mesh
+) -> tuple[TrainState, dict[str, Any], Any]:
+    """The state saved at ``step`` (checked against ``config``), its meta and data state."""
+    ckpt.check_config(step, config)
+    model_state, opt_state, meta, data_state = ckpt.restore(
+        step, model_state=state["model"], opt_state=state["opt"]
+    )
+    rep = shd.replicated(mesh)
+    restored = {
+        "model": model_state,
+        "opt": opt_state,
+        "step": jax.device_put(jnp.asarray(int(meta["step"]), jnp.int32), rep),
+        "rng": jax.device_put(jax.random.wrap_key_data(np.asarray(meta["rng"], np.uint32)), rep),
+    }
+    return restored, meta, data_state

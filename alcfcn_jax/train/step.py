@@ -1,0 +1,199 @@
+"""The jitted, sharded train step ``(state, batch) -> (state, metrics)`` and its batch.
+
+The state is replicated and donated, the batch sharded over the ``("data",)`` mesh axis; the same
+code runs on one CPU, 8 fake CPU devices, a GPU box or a multi-host pod.
+
+Reference step semantics (reference spec section 7): the loss is the mean over the batch of the
+per-image losses (the reference trains at batch 1), and the optimizer step is skipped when the
+loss is exactly 0; here that is a ``jnp.where`` between the updated and the previous parameters
+and optimizer state. A non-finite loss or gradient also leaves the state unchanged (metric
+``nonfinite``); the loop then stops with an error naming the step and the term.
+
+Dropout: each step reseeds the model's dropout stream with ``fold_in(rng, step)``. The masks are
+drawn for the global batch, so every image (hence every device's shard) gets its own mask, and
+the result does not depend on how the batch is split over devices.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from alcfcn_jax import sharding as shd
+from alcfcn_jax.data.pipeline import TAPS_PREFIX, split_taps
+from alcfcn_jax.losses.affinity import AffinityLoss, affinity_labels, affinity_loss
+from alcfcn_jax.losses.registry import per_image_loss
+from alcfcn_jax.models.outputs import IGNORE
+from alcfcn_jax.train.state import Graphs, TrainState
+
+# Batch entries the train step reads; everything else (ids, habitats, counts) stays on the host.
+# With the frozen-trunk feature cache, ``image`` is replaced by the trunk's taps (``taps/<name>``).
+STEP_KEYS = ("image", "points", "mask")
+
+
+def forward(
+    model: nnx.Module,
+    batch: Mapping[str, jax.Array],
+    *,
+    train: bool,
+    walk: bool = True,
+    return_aux: bool = False,
+):
+    """The model on a batch of images, or its heads on a batch of cached taps.
+
+    ``walk=False`` (A-LCFCN only) returns the activation logits without the random walk.
+    """
+    kwargs = {"train": train}
+    if return_aux:
+        kwargs["return_aux"] = True
+    if not walk:
+        kwargs["walk"] = False
+    taps = split_taps(batch)
+    if taps is not None:
+        return model.from_taps(taps, tuple(batch["points"].shape[1:3]), **kwargs)
+    return model(batch["image"], **kwargs)
+
+
+def _snapshot(tree: Any) -> Any:
+    """A structurally new copy of a state tree holding the same (immutable) arrays."""
+    return jax.tree.map(lambda x: x, tree)
+
+
+def _global_norm(tree: Any) -> jax.Array:
+    leaves = [jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)]
+    return jnp.sqrt(sum(leaves)) if leaves else jnp.zeros((), jnp.float32)
+
+
+def make_train_step(
+    graphs: Graphs,
+    mesh: jax.sharding.Mesh,
+    *,
+    loss_name: str,
+    learning_rate: float | optax.Schedule,
+    skip_zero_loss: bool = True,
+    loss_fn: Callable[..., tuple[jax.Array, dict[str, jax.Array]]] | None = None,
+    walk: bool = True,
+    affinity: AffinityLoss | None = None,
+) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    """The jitted train step ``(state, batch) -> (state, metrics)``.
+
+    Args:
+      graphs: from :func:`create_train_state`.
+      mesh: the device mesh (outputs are replicated over it; call the step under
+        ``jax.set_mesh(mesh)`` so the LCFCN loss can place one host callback per device shard).
+      loss_name: ``config.loss.name``.
+      learning_rate: the learning rate or its schedule of the step, reported in the metrics.
+      skip_zero_loss: skip the update when the loss is exactly 0 (the reference does).
+      loss_fn: override of :func:`per_image_loss` (tests).
+      walk: ``False`` trains the activation logits of an A-LCFCN model without the random walk
+        (the warm-up of ``train.walk_warmup_steps``).
+      affinity: adds the affinity-learning term (metric ``loss_affinity``, unweighted).
+
+    The batch holds ``image`` or the cached taps ``taps/<name>`` (see :func:`forward`).
+
+    Returns:
+      The step. Its metrics (replicated scalars): ``loss``, ``loss_<term>`` for LCFCN terms,
+      ``grad_norm``, ``param_norm``, ``update_norm``, ``lr``, ``skipped`` (1.0 when the update was
+      not applied), ``nonfinite`` (1.0 when loss or gradient was NaN/inf).
+    """
+    compute = loss_fn or functools.partial(per_image_loss, loss_name)
+
+    def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
+        # Snapshots (new Variable objects around the same immutable arrays): merge may reuse the
+        # input Variables, which the optimizer then updates in place.
+        params_before = _snapshot(nnx.filter_state(state["model"], graphs.wrt))
+        opt_before = _snapshot(state["opt"])
+        model = nnx.merge(graphs.model, state["model"])
+        opt = nnx.merge(graphs.opt, state["opt"])
+        step = state["step"]
+        nnx.reseed(model, dropout=jax.random.fold_in(state["rng"], step))
+
+        def objective(m):
+            if affinity is None:
+                logits = forward(m, batch, train=True, walk=walk)
+            else:
+                logits, aux = forward(m, batch, train=True, walk=walk, return_aux=True)
+            per_image, terms = compute(logits, batch)
+            if affinity is not None:
+                labels = affinity_labels(
+                    aux["cam"], batch["points"], fg=affinity.fg, bg=affinity.bg
+                )
+                aff = affinity_loss(aux["aff_feats"], labels, radius=affinity.radius)
+                per_image = per_image + affinity.weight * aff
+                terms = {**terms, "affinity": aff}
+            return jnp.mean(per_image), {k: jnp.mean(v) for k, v in terms.items()}
+
+        (loss, terms), grads = nnx.value_and_grad(
+            objective, argnums=nnx.DiffState(0, graphs.wrt), has_aux=True
+        )(model)
+        opt.update(model, grads)
+        params_after = nnx.state(model, graphs.wrt)
+        opt_after = nnx.state(opt)
+
+        grad_norm = _global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        apply = finite & (loss != 0) if skip_zero_loss else finite
+
+        def pick(new, old):
+            return jnp.where(apply, new, old)
+
+        params = jax.tree.map(pick, params_after, params_before)
+        nnx.update(model, params)
+        nnx.update(opt, jax.tree.map(pick, opt_after, opt_before))
+        update_norm = _global_norm(jax.tree.map(jnp.subtract, params, params_before))
+        metrics = {
+            "loss": loss,
+            **{f"loss_{k}": v for k, v in terms.items()},
+            "grad_norm": grad_norm,
+            "param_norm": _global_norm(params),
+            "update_norm": update_norm,
+            "lr": jnp.asarray(
+                learning_rate(step) if callable(learning_rate) else learning_rate, jnp.float32
+            ),
+            "skipped": 1.0 - apply.astype(jnp.float32),
+            "nonfinite": 1.0 - finite.astype(jnp.float32),
+        }
+        new_state = {
+            "model": nnx.state(model),
+            "opt": nnx.state(opt),
+            "step": step + 1,
+            "rng": state["rng"],
+        }
+        return new_state, metrics
+
+    replicated = shd.replicated(mesh)
+    return jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+
+
+def prepare_batch(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The numeric entries the step reads (``image`` or the cached ``taps/*``); padded pixels
+    become unlabelled (255).
+
+    Padding (``pad`` False) gets ``points`` and ``mask`` 255 so no loss term sees it as a fish
+    click or a labelled pixel.
+    """
+    out = {k: np.asarray(batch[k]) for k in STEP_KEYS if k in batch}
+    taps = {k: np.asarray(v) for k, v in batch.items() if k.startswith(TAPS_PREFIX)}
+    missing = [k for k in STEP_KEYS if k not in out and not (k == "image" and taps)]
+    if missing:
+        raise KeyError(f"training batch lacks {missing}; it has {sorted(batch)}")
+    pad = batch.get("pad")
+    if pad is not None and not np.all(pad):
+        pad = np.asarray(pad, bool)
+        out["points"] = np.where(pad, out["points"], IGNORE).astype(np.int32)
+        out["mask"] = np.where(pad, out["mask"], IGNORE).astype(np.int32)
+    if taps:
+        out.pop("image", None)
+        out.update(taps)
+    else:
+        out["image"] = out["image"].astype(np.float32)
+    out["points"] = out["points"].astype(np.int32)
+    out["mask"] = out["mask"].astype(np.int32)
+    return out
