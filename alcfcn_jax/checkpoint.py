@@ -428,9 +428,7 @@ def _abstract(state: Any) -> Any:
 
 def selection_metric(config: Any) -> str:
     """The checkpoint-ranking key of a config: ``val_<train.select_metric>`` (``val_miou``)."""
-    train = config.get("train") if hasattr(config, "get") else None
-    name = str(train.get("select_metric", "miou")) if train is not None else "miou"
-    return f"val_{name}"
+    return f"val_{config.train.select_metric}"
 
 
 def restore_for_inference(

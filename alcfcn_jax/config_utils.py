@@ -16,7 +16,15 @@ import ml_collections
 
 from alcfcn_jax.data.config import defaults as data_defaults
 from alcfcn_jax.losses.registry import LOSSES
-from alcfcn_jax.models import BACKBONES, CAM_HEADS, DTYPES, MODEL_NAMES, RW_METHODS, TRUNK_MODES
+from alcfcn_jax.models import (
+    BACKBONES,
+    CAM_HEADS,
+    DTYPES,
+    MODEL_DEFAULTS,
+    MODEL_NAMES,
+    RW_METHODS,
+    TRUNK_MODES,
+)
 from alcfcn_jax.train.optim import OPTIMIZERS, SCHEDULES
 
 SELECT_METRICS = ("miou", "iou_fish", "mae", "rmse", "game")
@@ -24,19 +32,20 @@ REQUIRED_SECTIONS = ("model", "loss", "data", "optim", "train")
 FEATURE_CACHE_MODES = ("off", "auto", "memory", "disk")
 # Keys a config may lack (configs written before they existed): ``resolve`` fills these values,
 # which reproduce the behaviour of such configs. ``stage1`` is filled only where it exists.
+_OPTIONAL_MODEL_KEYS = (
+    "backbone",
+    "with_affinity",
+    "weights",
+    "weights_allow_missing",
+    "cam_head",
+    "decoder_width",
+    "decoder_dropout",
+    "output_stride",
+    "affinity_widths",
+    "trunk_taps",
+)
 OPTIONAL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "model": {
-        "backbone": "resnet38",
-        "with_affinity": True,
-        "weights": "",
-        "weights_allow_missing": (),
-        "cam_head": "fc8",
-        "decoder_width": 96,
-        "decoder_dropout": 0.0,
-        "output_stride": 8,
-        "affinity_widths": (),
-        "trunk_taps": (),
-    },
+    "model": {k: MODEL_DEFAULTS[k] for k in _OPTIONAL_MODEL_KEYS},
     "loss": {"affinity_weight": 0.0, "affinity_fg": 0.7, "affinity_bg": 0.3},
     "optim": {"schedule": "constant", "clip_grad_norm": 0.0, "trunk_lr_mult": 1.0},
     "train": {
@@ -102,6 +111,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """
     for section in REQUIRED_SECTIONS:
         _require(config, section)
+    config = _with_optional(config)
     _int(config, "seed", minimum=0)
     name = _choice(config, "model.name", MODEL_NAMES)
     if name == "alcfcn":
@@ -114,21 +124,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _int(config, "model.logt", minimum=0)
     _int(config, "model.radius", minimum=1)
     if name == "alcfcn":
-        # Optional keys (configs written before they existed build the reference heads).
-        if "cam_head" in config.model:
-            _choice(config, "model.cam_head", CAM_HEADS)
-        if "decoder_width" in config.model:
-            _int(config, "model.decoder_width", minimum=1)
-        widths = tuple(config.model.get("affinity_widths", ()) or ())
+        _choice(config, "model.cam_head", CAM_HEADS)
+        _int(config, "model.decoder_width", minimum=1)
+        widths = tuple(config.model.affinity_widths or ())
         if widths and (len(widths) != 3 or any(int(w) < 1 for w in widths)):
             raise ConfigError(
                 f"config.model.affinity_widths={widths} must be () or three positive widths"
             )
-        if "decoder_dropout" in config.model:
-            rate = _number(config, "model.decoder_dropout", minimum=0.0)
-            if rate >= 1.0:
-                raise ConfigError(f"config.model.decoder_dropout={rate} must be < 1")
-        if config.model.get("output_stride", 8) not in (8, 32):
+        rate = _number(config, "model.decoder_dropout", minimum=0.0)
+        if rate >= 1.0:
+            raise ConfigError(f"config.model.decoder_dropout={rate} must be < 1")
+        if config.model.output_stride not in (8, 32):
             raise ConfigError(
                 f"config.model.output_stride={config.model.output_stride!r} must be 8 or 32"
             )
@@ -150,8 +156,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _number(config, "optim.weight_decay", minimum=0.0)
     _number(config, "optim.trunk_lr_mult", minimum=0.0)
     _number(config, "optim.clip_grad_norm", minimum=0.0)
-    if "schedule" in config.optim:
-        _choice(config, "optim.schedule", SCHEDULES)
+    _choice(config, "optim.schedule", SCHEDULES)
     for key in ("b1", "b2"):
         value = _number(config, f"optim.{key}", minimum=0.0)
         if value >= 1.0:
@@ -173,8 +178,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def _check_affinity_learning(config: ml_collections.ConfigDict) -> None:
     """The optional affinity-learning and walk warm-up keys (absent in older configs)."""
-    walk = config.model.name == "alcfcn" and bool(config.model.get("with_affinity", False))
-    weight = config.loss.get("affinity_weight", 0.0)
+    walk = config.model.name == "alcfcn" and bool(config.model.with_affinity)
+    weight = config.loss.affinity_weight
     if weight:
         _number(config, "loss.affinity_weight", minimum=0.0)
         if not walk:
@@ -188,17 +193,15 @@ def _check_affinity_learning(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(
                 f"config.loss.affinity_bg={bg} and affinity_fg={fg} need 0 <= bg < fg <= 1"
             )
-    if "walk_warmup_steps" in config.train:
-        warmup = _int(config, "train.walk_warmup_steps", minimum=0)
-        if warmup and not walk:
-            raise ConfigError(
-                "config.train.walk_warmup_steps > 0 needs the random walk (model 'alcfcn' with "
-                "config.model.with_affinity=True)"
-            )
-    if "feature_cache" in config.train:
-        _choice(config, "train.feature_cache", FEATURE_CACHE_MODES)
-        _choice(config, "train.feature_cache_dtype", ("float16", "float32"))
-        _number(config, "train.feature_cache_memory_mb", minimum=0.0)
+    warmup = _int(config, "train.walk_warmup_steps", minimum=0)
+    if warmup and not walk:
+        raise ConfigError(
+            "config.train.walk_warmup_steps > 0 needs the random walk (model 'alcfcn' with "
+            "config.model.with_affinity=True)"
+        )
+    _choice(config, "train.feature_cache", FEATURE_CACHE_MODES)
+    _choice(config, "train.feature_cache_dtype", ("float16", "float32"))
+    _number(config, "train.feature_cache_memory_mb", minimum=0.0)
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -212,6 +215,15 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       ConfigError: an invalid value (:func:`validate_config`).
     """
     validate_config(config)
+    out = _with_optional(config)
+    for key, value in data_defaults(str(out.data.dataset)).items():
+        if key not in out.data:
+            out.data[key] = value
+    return out
+
+
+def _with_optional(config: Any) -> ml_collections.ConfigDict:
+    """An unlocked copy of ``config`` with the :data:`OPTIONAL_DEFAULTS` it lacks."""
     out = ml_collections.ConfigDict(to_plain(config))
     for section, fields in OPTIONAL_DEFAULTS.items():
         if section not in out:
@@ -221,9 +233,6 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         for key, value in fields.items():
             if key not in out[section]:
                 out[section][key] = value
-    for key, value in data_defaults(str(out.data.dataset)).items():
-        if key not in out.data:
-            out.data[key] = value
     return out
 
 

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import os
-import pathlib
 import time
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 import jax
@@ -19,26 +15,9 @@ __all__ = [
     "host_info",
     "loadavg",
     "print_json",
-    "reference_lcfcn",
     "time_calls",
     "time_jitted",
 ]
-
-REFERENCE_LCFCN = pathlib.Path(__file__).resolve().parents[1] / "tests" / "reference_lcfcn.py"
-
-
-@functools.cache
-def reference_lcfcn() -> ModuleType:
-    """The numpy port of the reference LCFCN targets and loss (tests/reference_lcfcn.py)."""
-    if not REFERENCE_LCFCN.is_file():
-        raise FileNotFoundError(
-            f"{REFERENCE_LCFCN} not found: the reference comparisons need the numpy port of the "
-            "reference LCFCN targets (tests/reference_lcfcn.py) from the repository checkout"
-        )
-    spec = importlib.util.spec_from_file_location("_reference_lcfcn", REFERENCE_LCFCN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def loadavg() -> list[float]:

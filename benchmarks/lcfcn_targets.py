@@ -3,7 +3,7 @@
     python -m benchmarks.lcfcn_targets          # prints JSON
 
 Measures (median and min over interleaved repeats, milliseconds):
-* ``reference_port_ms``: ``tests/reference_lcfcn.compute_loss`` (statement-by-statement port of the
+* ``reference_port_ms``: ``reference/lcfcn_numpy.compute_loss`` (statement-by-statement port of the
   PyTorch reference's targets + BCE means), the baseline;
 * ``ours_ms``: ``compute_targets`` + the weighted BCE on the host, single-threaded;
 * every figure has wall (``median``, ``min``) and process-CPU (``cpu_median``, ``cpu_min``) times;
@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import reference_lcfcn
+from reference import lcfcn_numpy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "reference" / "lcfcn_deepfish_size.npz"
@@ -100,7 +100,7 @@ def run(repeats: int = 15) -> dict:
     from alcfcn_jax.losses import lcfcn_targets as lt
     from alcfcn_jax.losses.lcfcn import lcfcn_loss
 
-    ref = reference_lcfcn()
+    ref = lcfcn_numpy
     probs, points = _load()
     pool = lt.default_pool()
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ml_collections
 
 from alcfcn_jax.data.config import default_data_config
+from configs.common import parse_arg
 
 PRESETS = ("alcfcn", "lcfcn", "plfcn", "fsfcn", "smoke")
 _OPTIONS = {"fsfcn": ("joint", "budget")}
@@ -176,27 +177,9 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
-def _parse_arg(arg: str | None) -> tuple[str, tuple[str, ...]]:
-    """``"preset,opt1,opt2"`` -> (preset, options), checked against the known names."""
-    parts = [p.strip() for p in (arg or "alcfcn").split(",") if p.strip()]
-    preset, options = (parts[0] if parts else "alcfcn"), tuple(parts[1:])
-    if preset not in PRESETS:
-        raise ValueError(
-            f"configs/deepfish.py: unknown preset {preset!r}; expected one of {PRESETS}"
-        )
-    allowed = _OPTIONS.get(preset, ())
-    for opt in options:
-        if opt not in allowed:
-            raise ValueError(
-                f"configs/deepfish.py: unknown option {opt!r} for preset {preset!r}; "
-                f"allowed: {allowed or 'none'}"
-            )
-    return preset, options
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Builds the config of a preset (see the module docstring)."""
-    preset, options = _parse_arg(arg)
+    preset, options = parse_arg(arg, file="configs/deepfish.py", presets=PRESETS, options=_OPTIONS)
     config = base_config()
     if preset == "lcfcn":
         config.model.with_affinity = False

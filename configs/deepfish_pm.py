@@ -19,16 +19,19 @@ from __future__ import annotations
 import ml_collections
 
 from configs import deepfish
+from configs.common import parse_arg
+
+PRESETS = ("pm", "smoke")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """FS-FCN on pseudo masks; ``arg`` "smoke" gives a tiny synthetic variant for tests."""
-    if arg not in (None, "", "smoke"):
-        raise ValueError(f"configs/deepfish_pm.py: unknown preset {arg!r}; expected 'smoke'")
-    config = deepfish.get_config("smoke" if arg == "smoke" else "alcfcn")
+    preset, _ = parse_arg(arg, file="configs/deepfish_pm.py", presets=PRESETS)
+    smoke = preset == "smoke"
+    config = deepfish.get_config("smoke" if smoke else "alcfcn")
     config.model.with_affinity = False  # PM: ResNet-38 fc8 logits, no random walk
     config.loss.name = "cross_entropy"
-    config.optim.lr = 1e-3 if arg == "smoke" else 1e-5
+    config.optim.lr = 1e-3 if smoke else 1e-5
     config.data.config_name = "fish_loc"  # the FishLoc training images the masks were written for
     config.stage1 = ml_collections.ConfigDict(
         {

@@ -17,14 +17,15 @@ import ml_collections
 
 from alcfcn_jax.data.config import default_data_config
 from configs import frames
+from configs.common import parse_arg
 
 INSTALL_HINT = frames.INSTALL_HINT
+PRESETS = ("demo", "smoke")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The demo config; ``arg="smoke"`` shortens it to a few steps (tests)."""
-    if arg not in (None, "", "smoke"):
-        raise ValueError(f"configs/demo.py: unknown preset {arg!r}; expected 'smoke'")
+    preset, _ = parse_arg(arg, file="configs/demo.py", presets=PRESETS)
     config = frames.get_config("alcfcn")
     data = default_data_config("sample")
     data.image_short_side = frames.SHORT_SIDE
@@ -40,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         eval_every=400,
         checkpoint_every=200,
     )
-    if arg == "smoke":
+    if preset == "smoke":
         config.data.image_short_side = 96
         config.train.update(
             num_steps=2, walk_warmup_steps=1, log_every=1, eval_every=2, checkpoint_every=2

@@ -34,6 +34,7 @@ import ml_collections
 
 from alcfcn_jax.data.config import default_data_config
 from configs import deepfish
+from configs.common import parse_arg
 
 PRESETS = ("alcfcn", "alcfcn_ref", "lcfcn", "smoke")
 INSTALL_HINT = 'pip install -e ".[demo]"'
@@ -77,9 +78,7 @@ def frames_model(**overrides) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Builds the config of a preset (see the module docstring)."""
-    preset = (arg or "alcfcn").strip()
-    if preset not in PRESETS:
-        raise ValueError(f"configs/frames.py: unknown preset {preset!r}; expected one of {PRESETS}")
+    preset, _ = parse_arg(arg, file="configs/frames.py", presets=PRESETS)
     config = deepfish.base_config()
     config.seed = 0
     config.model = frames_model()

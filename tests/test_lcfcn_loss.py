@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import reference_lcfcn as ref
 from conftest import load_fixture
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -14,6 +13,7 @@ from test_lcfcn_targets import LCFCN_FIXTURES, blobby_probs, random_points
 
 from alcfcn_jax.losses import lcfcn
 from alcfcn_jax.losses.lcfcn import lcfcn_loss, lcfcn_terms
+from reference import lcfcn_numpy as ref
 
 
 def loss_of_logits(logits_nchw, points):

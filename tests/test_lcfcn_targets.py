@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-import reference_lcfcn as ref
 from conftest import load_fixture
 from scipy import ndimage
 
 from alcfcn_jax.losses import lcfcn_targets as lt
+from reference import lcfcn_numpy as ref
 
 LCFCN_FIXTURES = (
     "lcfcn_iid_5pts",

@@ -1,6 +1,6 @@
 """ResNet-38d trunk: structure, parameter count, frozen weights, and parity with a torch replica.
 
-The torch replica (``benchmarks/torch_reference.py``) is written from the reference spec
+The torch replica (``reference/torch_replica.py``) is written from the reference spec
 (section 2.2-2.4: PSA/SEAM ``resnet38d.py`` / ``resnet38_aff.py``), with every width scaled by
 ``w / 64`` so it runs in milliseconds; at ``w = 64`` it is the reference network (used on the
 meta device for names/shapes).
@@ -125,12 +125,12 @@ def test_export_import_roundtrip(tmp_path):
 
 
 def _torch_replica(w: int, n_classes: int = 2):
-    """ResNet-38d + resnet38_aff heads in PyTorch (benchmarks/torch_reference.py), widths w/64.
+    """ResNet-38d + resnet38_aff heads in PyTorch (reference/torch_replica.py), widths w/64.
 
     Returns ``(torch, TNet, TResBlock, TResBlockBot)`` with ``TNet()`` building the network.
     """
     torch = pytest.importorskip("torch")
-    from benchmarks.torch_reference import torch_namespace
+    from reference.torch_replica import torch_namespace
 
     ns = torch_namespace()
 

@@ -256,17 +256,17 @@ def _frames_folder(root, n=3, seed=0):
 def test_file_sources_are_keyed_by_file_bytes_and_preprocessing(tmp_path):
     from PIL import Image
 
-    from alcfcn_jax.data import boxes
-    from alcfcn_jax.data.config import default_data_config
+    from alcfcn_jax.data import default_data_config, get_source
 
     root = tmp_path / "frames"
     _frames_folder(root)
     cfg = default_data_config("boxes")
     cfg.letterbox = "none"
+    cfg.data_dir = str(root)
 
     def build(short, calls):
         cfg.image_short_side = short
-        source = boxes.box_source(cfg, root, "all")
+        source = get_source(cfg, "all")
         assert source.fingerprint(0) and source.settings["short_side"] == short
         return _build(source, tmp_path / "cache", calls)
 

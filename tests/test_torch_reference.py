@@ -1,4 +1,4 @@
-"""The PyTorch replica of the reference training step (benchmarks/torch_reference.py).
+"""The PyTorch replica of the reference training step (reference/torch_replica.py).
 
 Checks the replica against the reference fixtures (pairs, affinity matrix, random walk, LCFCN loss
 and gradient), against our JAX random walk and two_pass model, and the reference's training
@@ -17,7 +17,7 @@ from alcfcn_jax.models.resnet38 import ResNet38d
 from alcfcn_jax.models.vgg16_fcn8 import bilinear_upsampling_kernel
 from alcfcn_jax.ops import random_walk as rw
 from alcfcn_jax.weights.resnet38 import load_resnet38
-from benchmarks import torch_reference as tr
+from reference import torch_replica as tr
 
 try:
     import torch
@@ -43,7 +43,7 @@ def test_importing_the_module_does_not_need_torch():
     import sys
 
     code = (
-        "import sys; import benchmarks.torch_reference as t; "
+        "import sys; import reference.torch_replica as t; "
         "t.get_indices_of_pairs(5, (12, 20)); t.make_inputs(8, 9); "
         "assert 'torch' not in sys.modules"
     )

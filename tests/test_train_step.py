@@ -189,6 +189,7 @@ def test_adam_weight_decay_is_l2_in_the_gradient():
             weight_decay=wd,
             trunk_lr_mult=1.0,
             clip_grad_norm=0.0,
+            schedule="constant",
         )
     )
     tx = optim.make_optimizer(cfg)

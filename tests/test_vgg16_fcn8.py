@@ -39,10 +39,10 @@ def _randomise_head(model, seed=0):
 def _torch_forward(model, x_nhwc):
     """Eval-mode torch replica of the reference FCN8VGG16 with the model's weights.
 
-    The replica lives in benchmarks/torch_reference.py (spec 2.9).
+    The replica lives in reference/torch_replica.py (spec 2.9).
     """
     torch = pytest.importorskip("torch")
-    from benchmarks.torch_reference import FCN8VGG16Torch
+    from reference.torch_replica import FCN8VGG16Torch
 
     def as_torch(a, axes):
         return torch.from_numpy(np.transpose(np.asarray(a), axes).copy())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
-from alcfcn_jax.data.config import DATASETS, default_data_config, field
+from alcfcn_jax.data.config import DATASETS, complete, default_data_config
 from alcfcn_jax.data.errors import DataError
 from alcfcn_jax.data.pseudo_masks import PseudoMaskSource
 from alcfcn_jax.data.source import MappedSource
@@ -36,28 +36,26 @@ def has_boxes(data_cfg: Any) -> bool:
     return str(data_cfg.dataset) in BOX_DATASETS
 
 
-def _deepfish_root_and_tfds(data_cfg: Any) -> tuple[pathlib.Path, pathlib.Path]:
+def _deepfish_root_and_tfds(cfg: Any) -> tuple[pathlib.Path, pathlib.Path]:
     from alcfcn_jax.data import synthetic
 
-    ds = field(data_cfg, "dataset")
-    data_dir = field(data_cfg, "data_dir")
-    if ds == "synthetic":
-        spec_fields = dict(field(data_cfg, "synthetic"))
+    if cfg.dataset == "synthetic":
+        spec_fields = dict(cfg.synthetic)
         for k in ("seg_sizes", "loc_sizes"):
             spec_fields[k] = tuple(spec_fields[k])
         spec = synthetic.SyntheticSpec(**spec_fields)
-        root = synthetic.ensure_tree(data_dir or synthetic.default_cache_dir(), spec)
+        root = synthetic.ensure_tree(cfg.data_dir or synthetic.default_cache_dir(), spec)
     else:
-        if not data_dir:
+        if not cfg.data_dir:
             raise DataError(
                 "data.data_dir is empty: set it to the DeepFish folder holding Segmentation/ and "
                 "Localization/ (see alcfcn_jax/data/deepfish/README.md)"
             )
-        root = pathlib.Path(data_dir).expanduser()
-    tfds_dir = field(data_cfg, "tfds_dir")
+        root = pathlib.Path(cfg.data_dir).expanduser()
+    tfds_dir = cfg.tfds_dir
     if not tfds_dir:
         tfds_dir = synthetic.default_cache_dir() / "tensorflow_datasets"
-        if ds == "synthetic":
+        if cfg.dataset == "synthetic":
             tfds_dir = root / "tensorflow_datasets"
     return root, pathlib.Path(tfds_dir).expanduser()
 
@@ -66,8 +64,8 @@ def get_source(data_cfg: Any, split: str):
     """The source of ``split`` for the dataset named by ``data_cfg.dataset``.
 
     Args:
-      data_cfg: an ``ml_collections.ConfigDict`` from :func:`default_data_config` (or any
-        attribute object; missing fields take their defaults).
+      data_cfg: an ``ml_collections.ConfigDict`` from :func:`default_data_config` (or a mapping;
+        missing fields take their defaults, ``data.config.complete``).
       split: "train", "val", "test" (DeepFish layouts; also "<subset>:<split>"), "train"/"val"
         /"all" (box and click folders; "test" = "val").
 
@@ -77,36 +75,48 @@ def get_source(data_cfg: Any, split: str):
     Raises:
       DataError: missing data, bad layout or bad files (see the readers).
     """
-    ds = field(data_cfg, "dataset")
+    ds = (data_cfg.get("dataset") if hasattr(data_cfg, "get") else None) or ""
     if ds not in DATASETS:
         raise DataError(f"data.dataset must be one of {DATASETS}, got {ds!r}")
+    cfg = complete(data_cfg)
+    preprocessing = {
+        "short_side": cfg.image_short_side,
+        "skip_bad_examples": bool(cfg.skip_bad_examples),
+    }
     if ds in ("deepfish", "synthetic"):
         from alcfcn_jax.data.deepfish import source as df
 
-        root, tfds_dir = _deepfish_root_and_tfds(data_cfg)
-        reader = field(data_cfg, "reader")
-        if reader == "tfds":
-            src = df.tfds_source(data_cfg, root, str(tfds_dir), split)
-        elif reader == "raw":
-            src = df.raw_source(data_cfg, root, split)
+        root, tfds_dir = _deepfish_root_and_tfds(cfg)
+        subset, sp = df.resolve_split(
+            split, config_name=cfg.config_name, eval_config=cfg.eval_config
+        )
+        kwargs = dict(preprocessing, placement=cfg.point_placement, bg_points=int(cfg.bg_points))
+        if cfg.reader == "tfds":
+            src = df.tfds_source(root, str(tfds_dir), subset, sp, **kwargs)
+        elif cfg.reader == "raw":
+            src = df.raw_source(root, subset, sp, **kwargs)
         else:
-            raise DataError(f"data.reader must be 'tfds' or 'raw', got {reader!r}")
+            raise DataError(f"data.reader must be 'tfds' or 'raw', got {cfg.reader!r}")
     else:
         if split == "test":
             split = "val"
-        data_dir = field(data_cfg, "data_dir")
-        if ds == "sample":
+        data_dir = cfg.data_dir
+        if ds in ("sample", "boxes"):
             from alcfcn_jax.data.boxes import box_source
 
-            src = box_source(data_cfg, data_dir or SAMPLE_DIR, split)
-        elif ds == "boxes":
-            from alcfcn_jax.data.boxes import box_source
-
-            if not data_dir:
+            if ds == "sample":
+                data_dir = data_dir or SAMPLE_DIR
+            elif not data_dir:
                 raise DataError(
                     "data.data_dir is empty: set it to a folder with images/ and labels/"
                 )
-            src = box_source(data_cfg, data_dir, split)
+            src = box_source(
+                data_dir,
+                split,
+                val_percent=float(cfg.val_percent),
+                letterbox=cfg.letterbox,
+                **preprocessing,
+            )
         else:
             from alcfcn_jax.data.points import click_source
 
@@ -114,8 +124,13 @@ def get_source(data_cfg: Any, split: str):
                 raise DataError(
                     "data.data_dir is empty: set it to a folder with images/ and points.csv"
                 )
-            src = click_source(data_cfg, data_dir, split)
-    mask_dir = field(data_cfg, "pseudo_mask_dir")
-    if mask_dir and split.split(":")[-1] == "train":
-        src = PseudoMaskSource(src, mask_dir)
+            src = click_source(
+                data_dir,
+                split,
+                points_csv=cfg.points_csv,
+                val_percent=float(cfg.val_percent),
+                **preprocessing,
+            )
+    if cfg.pseudo_mask_dir and split.split(":")[-1] == "train":
+        src = PseudoMaskSource(src, cfg.pseudo_mask_dir)
     return src

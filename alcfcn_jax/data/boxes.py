@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from alcfcn_jax.data import preprocess as pp
-from alcfcn_jax.data.config import field
 from alcfcn_jax.data.errors import BadExamples, DataError
 from alcfcn_jax.data.source import MappedSource
 
@@ -151,7 +150,15 @@ def split_folder(root: pathlib.Path, split: str, val_percent: float) -> tuple[pa
     )
 
 
-def box_source(data_cfg: Any, root: str | pathlib.Path, split: str) -> MappedSource:
+def box_source(
+    root: str | pathlib.Path,
+    split: str,
+    *,
+    val_percent: float,
+    skip_bad_examples: bool,
+    short_side: int | None,
+    letterbox: str,
+) -> MappedSource:
     """A source over a YOLO folder's split (labels are parsed and checked up front).
 
     Raises:
@@ -162,9 +169,9 @@ def box_source(data_cfg: Any, root: str | pathlib.Path, split: str) -> MappedSou
     root = pathlib.Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"{root}: box folder not found (expected images/ and labels/ inside)")
-    folder, keep = split_folder(root, split, float(field(data_cfg, "val_percent")))
+    folder, keep = split_folder(root, split, float(val_percent))
     files = [p for p in list_images(folder) if keep is None or keep(p.stem)]
-    skip = bool(field(data_cfg, "skip_bad_examples"))
+    skip = bool(skip_bad_examples)
     bad = BadExamples(skip, f"boxes {folder}")
     items = []
     for p in files:
@@ -177,8 +184,7 @@ def box_source(data_cfg: Any, root: str | pathlib.Path, split: str) -> MappedSou
             continue
         items.append((p, boxes))
     bad.summarize()
-    short = field(data_cfg, "image_short_side")
-    letterbox = field(data_cfg, "letterbox")
+    short = short_side
     return MappedSource(
         items,
         lambda it: load_example(it[0], it[1], short_side=short, letterbox=letterbox),

@@ -1,8 +1,10 @@
 """The data config: every field the data layer reads, with its default.
 
 ``default_data_config(dataset)`` returns the ``ml_collections.ConfigDict`` that the config files
-embed as ``config.data``. Readers accept that or any attribute object; a missing attribute falls
-back to the default listed here (:func:`field`).
+embed as ``config.data``. The data layer's entry points (``get_source``, the pipeline's
+``*_from_config``, ``Preprocessing.from_data_config``) read a config once, through
+:func:`complete` (missing fields take the defaults listed here), and hand explicit values to the
+readers.
 
 Fields (all datasets):
   dataset: "deepfish" | "synthetic" | "sample" | "boxes" | "points".
@@ -109,23 +111,21 @@ def default_data_config(dataset: str = "deepfish") -> ml_collections.ConfigDict:
     return cfg
 
 
-def field(cfg: Any, name: str) -> Any:
-    """``cfg.name``, or the dataset's default when ``cfg`` lacks it."""
-    if hasattr(cfg, name):
-        return getattr(cfg, name)
-    if isinstance(cfg, dict) and name in cfg:
-        return cfg[name]
-    ds = getattr(cfg, "dataset", None) or (cfg.get("dataset") if isinstance(cfg, dict) else None)
-    d = defaults(ds)
-    if name not in d:
-        raise AttributeError(f"data config has no field {name!r} (dataset {ds!r})")
-    return d[name]
+def complete(cfg: Any) -> ml_collections.ConfigDict:
+    """A copy of a data config (ConfigDict or mapping) with every field of its dataset, the
+    missing ones at their defaults: what the data layer reads, once, at its entry points."""
+    given = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    if "dataset" not in given:
+        raise ValueError("data config has no 'dataset'")
+    out = defaults(str(given["dataset"]))
+    out.update(given)
+    return ml_collections.ConfigDict(out)
 
 
 def with_preprocessing(cfg: Any, preprocessing: Any) -> ml_collections.ConfigDict:
     """A copy of a data config whose preprocessing fields say ``preprocessing``
     (``data.preprocess.Preprocessing``): what a checkpoint was trained with."""
-    out = ml_collections.ConfigDict(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg))
+    out = complete(cfg)
     out.image_short_side = preprocessing.short_side
     if "letterbox" in out:
         out.letterbox = preprocessing.letterbox

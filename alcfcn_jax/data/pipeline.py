@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from alcfcn_jax.data import preprocess as pp
-from alcfcn_jax.data.config import field
+from alcfcn_jax.data.config import complete
 
 Batch = dict[str, np.ndarray]
 
@@ -287,14 +287,16 @@ def eval_batches(
     return iter(ds.to_iter_dataset(opts))
 
 
-def _pipeline_kwargs(data_cfg: Any) -> dict[str, Any]:
-    fs = field(data_cfg, "fixed_size")
+def batching(data_cfg: Any) -> dict[str, Any]:
+    """The batching options of a data config, as keyword arguments of the iterators."""
+    cfg = complete(data_cfg)
+    fs = cfg.fixed_size
     return {
-        "pad_or_resize": field(data_cfg, "pad_or_resize"),
-        "bucket_multiple": int(field(data_cfg, "bucket_multiple")),
+        "pad_or_resize": cfg.pad_or_resize,
+        "bucket_multiple": int(cfg.bucket_multiple),
         "fixed_size": tuple(fs) if fs is not None else None,
-        "worker_threads": int(field(data_cfg, "worker_threads")),
-        "prefetch": int(field(data_cfg, "prefetch")),
+        "worker_threads": int(cfg.worker_threads),
+        "prefetch": int(cfg.prefetch),
     }
 
 
@@ -312,10 +314,10 @@ def train_iterator_from_config(
         source,
         batch_size=batch_size,
         seed=seed,
-        flip=bool(field(data_cfg, "flip")),
+        flip=bool(complete(data_cfg).flip),
         process_index=process_index,
         process_count=process_count,
-        **_pipeline_kwargs(data_cfg),
+        **batching(data_cfg),
     )
 
 
@@ -333,5 +335,5 @@ def eval_batches_from_config(
         batch_size=batch_size,
         process_index=process_index,
         process_count=process_count,
-        **_pipeline_kwargs(data_cfg),
+        **batching(data_cfg),
     )

@@ -21,7 +21,6 @@ import numpy as np
 
 from alcfcn_jax.data import preprocess as pp
 from alcfcn_jax.data.boxes import in_val, list_images
-from alcfcn_jax.data.config import field
 from alcfcn_jax.data.errors import BadExamples, DataError
 from alcfcn_jax.data.source import MappedSource
 
@@ -101,7 +100,15 @@ def load_example(
     }
 
 
-def click_source(data_cfg: Any, root: str | pathlib.Path, split: str) -> MappedSource:
+def click_source(
+    root: str | pathlib.Path,
+    split: str,
+    *,
+    points_csv: str,
+    val_percent: float,
+    skip_bad_examples: bool,
+    short_side: int | None,
+) -> MappedSource:
     """A source over an images folder and its clicks CSV (see module doc).
 
     Raises:
@@ -112,22 +119,22 @@ def click_source(data_cfg: Any, root: str | pathlib.Path, split: str) -> MappedS
     root = pathlib.Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"{root}: folder not found (expected images/ and points.csv inside)")
-    csv_path = pathlib.Path(field(data_cfg, "points_csv") or root / "points.csv")
+    csv_path = pathlib.Path(points_csv or root / "points.csv")
     clicks, habitats = read_clicks(csv_path)
     files = list_images(root)
     names = {p.name for p in files}
     absent = sorted(set(clicks) - names)
     if absent:
         raise DataError(f"{csv_path}: rows name images not in {root / 'images'}: {absent[:5]}")
-    vp = float(field(data_cfg, "val_percent"))
+    vp = float(val_percent)
     if split == "train":
         files = [p for p in files if not in_val(p.stem, vp)]
     elif split == "val":
         files = [p for p in files if in_val(p.stem, vp)]
     elif split != "all":
         raise DataError(f"points dataset splits are 'train', 'val' and 'all', got {split!r}")
-    short = field(data_cfg, "image_short_side")
-    skip = bool(field(data_cfg, "skip_bad_examples"))
+    short = short_side
+    skip = bool(skip_bad_examples)
     bad = BadExamples(skip, f"points {csv_path}")
     items = []
     for p in files:

@@ -252,15 +252,11 @@ class Preprocessing:
     @classmethod
     def from_data_config(cls, data_cfg: Any) -> Preprocessing:
         """The preprocessing a data config describes (datasets without ``letterbox``: none)."""
-        from alcfcn_jax.data.config import defaults
+        from alcfcn_jax.data.config import complete
 
-        get = (
-            data_cfg.get if hasattr(data_cfg, "get") else lambda k, d=None: getattr(data_cfg, k, d)
-        )
-        dataset = get("dataset", None)
-        default = defaults(dataset) if dataset else {}
-        short = get("image_short_side", default.get("image_short_side"))
-        letterbox = get("letterbox", default.get("letterbox", "none"))
+        cfg = complete(data_cfg)
+        short = cfg.image_short_side
+        letterbox = cfg.letterbox if "letterbox" in cfg else "none"
         return cls(None if short is None else int(short), str(letterbox or "none"))
 
     @classmethod

@@ -162,10 +162,10 @@ def render_report(result: Mapping[str, Any], *, meta: Mapping[str, Any]) -> str:
 
 def resolve_split(data_cfg: Any, split: str) -> str:
     """Maps ``train`` / ``val`` / ``test`` to the config's split names; others pass through."""
-    from alcfcn_jax.data.config import field
+    from alcfcn_jax.data.config import complete
 
     if split in ("train", "val", "test"):
-        return str(field(data_cfg, f"{split}_split"))
+        return str(complete(data_cfg)[f"{split}_split"])
     return split
 
 

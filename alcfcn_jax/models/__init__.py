@@ -7,10 +7,10 @@ networks do not know file formats.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from alcfcn_jax.models.alcfcn import ALCFCN, CAM_HEADS, RW_METHODS, TRUNK_MODES
@@ -46,17 +46,40 @@ _AFFINITY_WIDTHS = {"tiny": (8, 8, 16)}
 _REFERENCE_AFFINITY_WIDTHS = (64, 128, 256)
 
 
-def _get(cfg: Any, name: str, default: Any) -> Any:
-    """Reads a config field from a ConfigDict, a dict or any object with attributes."""
-    if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
-        value = cfg.get(name, default)
-    else:
-        value = getattr(cfg, name, default)
-    return default if value is None else value
+# Every model option and its default (the reference's A-LCFCN); ``build_model`` reads a config
+# through these, and ``config_utils.resolve`` fills them into experiment configs.
+MODEL_DEFAULTS: dict[str, Any] = {
+    "name": "alcfcn",
+    "backbone": "resnet38",
+    "n_classes": 2,
+    "with_affinity": True,
+    "trunk_mode": "two_pass",
+    "beta": 8.0,
+    "logt": 4,
+    "radius": 5,
+    "rw_method": "dense",
+    "dtype": "float32",
+    "weights": "",
+    "weights_allow_missing": (),
+    "cam_head": "fc8",
+    "decoder_width": 96,
+    "decoder_dropout": 0.0,
+    "output_stride": 8,
+    "affinity_widths": (),
+    "trunk_taps": (),
+}
 
 
-def _dtype(cfg: Any):
-    name = str(_get(cfg, "dtype", "float32"))
+def complete_config(model_cfg: Any) -> ml_collections.ConfigDict:
+    """A copy of a model config (ConfigDict or mapping) with every option, the missing ones (or
+    None) at :data:`MODEL_DEFAULTS`."""
+    given = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
+    out = dict(MODEL_DEFAULTS)
+    out.update({k: v for k, v in given.items() if v is not None})
+    return ml_collections.ConfigDict(out)
+
+
+def _dtype(name: str):
     if name not in _DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {name!r}")
     return _DTYPES[name]
@@ -118,32 +141,33 @@ def build_model(model_cfg: Any, *, rngs: nnx.Rngs) -> nnx.Module:
     Raises:
       ValueError: an unknown name, backbone, mode or dtype.
     """
-    name = str(_get(model_cfg, "name", "alcfcn"))
-    dtype = _dtype(model_cfg)
-    n_classes = int(_get(model_cfg, "n_classes", 2))
+    cfg = complete_config(model_cfg)
+    name = str(cfg.name)
+    dtype = _dtype(str(cfg.dtype))
+    n_classes = int(cfg.n_classes)
     if name == "alcfcn":
-        backbone = str(_get(model_cfg, "backbone", "resnet38"))
+        backbone = str(cfg.backbone)
         trunk = build_trunk(
             backbone,
             dtype=dtype,
             rngs=rngs,
-            output_stride=int(_get(model_cfg, "output_stride", 8)),
-            taps=tuple(_get(model_cfg, "trunk_taps", ()) or ()),
+            output_stride=int(cfg.output_stride),
+            taps=tuple(cfg.trunk_taps or ()),
         )
         model = ALCFCN(
             trunk,
             n_classes,
-            with_affinity=bool(_get(model_cfg, "with_affinity", True)),
-            trunk_mode=str(_get(model_cfg, "trunk_mode", "two_pass")),
-            beta=float(_get(model_cfg, "beta", 8.0)),
-            logt=int(_get(model_cfg, "logt", 4)),
-            radius=int(_get(model_cfg, "radius", 5)),
-            rw_method=str(_get(model_cfg, "rw_method", "dense")),
-            affinity_widths=tuple(_get(model_cfg, "affinity_widths", ()) or ())
+            with_affinity=bool(cfg.with_affinity),
+            trunk_mode=str(cfg.trunk_mode),
+            beta=float(cfg.beta),
+            logt=int(cfg.logt),
+            radius=int(cfg.radius),
+            rw_method=str(cfg.rw_method),
+            affinity_widths=tuple(cfg.affinity_widths or ())
             or _AFFINITY_WIDTHS.get(backbone, _REFERENCE_AFFINITY_WIDTHS),
-            cam_head=str(_get(model_cfg, "cam_head", "fc8")),
-            decoder_width=int(_get(model_cfg, "decoder_width", 96)),
-            decoder_dropout=float(_get(model_cfg, "decoder_dropout", 0.0)),
+            cam_head=str(cfg.cam_head),
+            decoder_width=int(cfg.decoder_width),
+            decoder_dropout=float(cfg.decoder_dropout),
             dtype=dtype,
             rngs=rngs,
         )
@@ -151,9 +175,9 @@ def build_model(model_cfg: Any, *, rngs: nnx.Rngs) -> nnx.Module:
         from alcfcn_jax.models.vgg16_fcn8 import FCN8VGG16
 
         # Keras (.h5) VGG weights expect Caffe-style BGR input; torchvision's ImageNet-normalised.
-        weights_path = str(_get(model_cfg, "weights", "") or "")
+        weights_path = str(cfg.weights or "")
         default_format = "caffe_bgr" if weights_path.lower().endswith(".h5") else "imagenet"
-        input_format = str(_get(model_cfg, "input_format", default_format))
+        input_format = str(cfg.input_format if "input_format" in cfg else default_format)
         model = FCN8VGG16(n_classes, dtype=dtype, input_format=input_format, rngs=rngs)
     else:
         raise ValueError(f"model.name must be one of {MODEL_NAMES}, got {name!r}")

@@ -98,7 +98,7 @@ def attach_feature_cache(
     mode = feature_cache.cache_mode(config, model)
     if mode is None:
         return data
-    kwargs = pipeline._pipeline_kwargs(data.data_cfg)
+    kwargs = pipeline.batching(data.data_cfg)
     batching = {k: kwargs[k] for k in ("pad_or_resize", "bucket_multiple", "fixed_size")}
     cached = feature_cache.cached_sources(
         config, model, {"train": data.train, "val": data.val}, batching=batching, mode=mode

@@ -35,12 +35,12 @@ def cache_mode(config: Any, model: nnx.Module) -> str | None:
     Raises:
       ConfigError: a forced cache on a trunk that trains or runs twice, or an unknown mode.
     """
-    mode = str(config.train.get("feature_cache", "off"))
+    mode = str(config.train.feature_cache)
     if mode not in MODES:
         raise config_utils.ConfigError(f"config.train.feature_cache={mode!r} is not one of {MODES}")
     if mode == "off":
         return None
-    frozen = float(config.optim.get("trunk_lr_mult", 1.0)) == 0.0
+    frozen = float(config.optim.trunk_lr_mult) == 0.0
     cacheable = bool(getattr(model, "cacheable", False))
     dropout = cacheable and _has_dropout(model.trunk)
     if mode == "auto":
@@ -109,7 +109,7 @@ def cached_sources(
     tc = config.train
     extract = make_extract(model)
     parts = key_parts(model)
-    flips = bool(config.data.get("flip", False))
+    flips = bool(config.data.flip)
     out = {}
     for name, source in sources.items():
         store = tap_cache.build_tap_store(
@@ -119,9 +119,9 @@ def cached_sources(
             flips=flips and name == "train",
             batching=batching,
             mode=mode,
-            cache_dir=str(tc.get("feature_cache_dir", "")) or None,
-            dtype=str(tc.get("feature_cache_dtype", "float16")),
-            memory_mb=float(tc.get("feature_cache_memory_mb", 256)),
+            cache_dir=str(tc.feature_cache_dir) or None,
+            dtype=str(tc.feature_cache_dtype),
+            memory_mb=float(tc.feature_cache_memory_mb),
             name=name,
         )
         out[name] = tap_cache.TapSource(source, store, batching)

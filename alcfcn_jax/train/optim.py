@@ -34,7 +34,7 @@ def learning_rate_schedule(optim_cfg: Any, num_steps: int) -> optax.Schedule:
     """``optim.schedule``: "constant" (the reference) or "cosine" (from ``lr`` to 0 over
     ``num_steps``)."""
     lr = float(optim_cfg.lr)
-    schedule = str(optim_cfg.get("schedule", "constant"))
+    schedule = str(optim_cfg.schedule)
     if schedule == "constant":
         return optax.constant_schedule(lr)
     if schedule == "cosine":
@@ -53,7 +53,7 @@ def make_optimizer(optim_cfg: Any, num_steps: int = 1) -> optax.GradientTransfor
     lr = learning_rate_schedule(optim_cfg, num_steps)
     wd = float(optim_cfg.weight_decay)
     parts: list[optax.GradientTransformation] = []
-    if float(optim_cfg.get("clip_grad_norm", 0.0)) > 0:
+    if float(optim_cfg.clip_grad_norm) > 0:
         parts.append(optax.clip_by_global_norm(float(optim_cfg.clip_grad_norm)))
     if name == "adam":
         if wd:
@@ -69,7 +69,7 @@ def make_optimizer(optim_cfg: Any, num_steps: int = 1) -> optax.GradientTransfor
         parts.append(optax.sgd(lr, momentum=float(optim_cfg.b1) or None))
     else:
         raise ValueError(f"config.optim.name={name!r} is not one of {OPTIMIZERS}")
-    mult = float(optim_cfg.get("trunk_lr_mult", 1.0))
+    mult = float(optim_cfg.trunk_lr_mult)
     if mult not in (0.0, 1.0):  # 0: the trunk is not trained at all (trainable_filter)
         parts.append(_trunk_scale(mult))
     return optax.chain(*parts)
@@ -82,6 +82,6 @@ def trainable_filter(optim_cfg: Any) -> Any:
     left out of differentiation altogether, so no backward pass runs through it (the cheap way to
     train heads on a pretrained trunk, e.g. the CPU demo).
     """
-    if float(optim_cfg.get("trunk_lr_mult", 1.0)) == 0.0:
+    if float(optim_cfg.trunk_lr_mult) == 0.0:
         return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("trunk")))
     return nnx.Param

@@ -14,7 +14,7 @@ from typing import Any
 
 from flax import nnx
 
-from alcfcn_jax.models import build_model
+from alcfcn_jax.models import build_model, complete_config
 from alcfcn_jax.weights.common import (
     CONV_OIHW_TO_HWIO,
     IDENTITY,
@@ -49,15 +49,12 @@ def build_pretrained(model_cfg: Any, *, rngs: nnx.Rngs) -> nnx.Module:
       ValueError: as ``build_model``; or no importer for the backbone.
       FileNotFoundError, WeightImportError: the weights cannot be loaded.
     """
-    model = build_model(model_cfg, rngs=rngs)
-    path = str(model_cfg.get("weights", "") or "")
-    if path:
-        if model_cfg.get("name") == "fcn8_vgg16":
-            backbone = "vgg16"
-        else:
-            backbone = model_cfg.get("backbone") or "resnet38"
-        allow_missing = tuple(model_cfg.get("weights_allow_missing", ()) or ())
-        load_weights(model, str(backbone), path, allow_missing=allow_missing)
+    cfg = complete_config(model_cfg)
+    model = build_model(cfg, rngs=rngs)
+    if cfg.weights:
+        backbone = "vgg16" if cfg.name == "fcn8_vgg16" else str(cfg.backbone)
+        allow_missing = tuple(cfg.weights_allow_missing or ())
+        load_weights(model, backbone, str(cfg.weights), allow_missing=allow_missing)
     return model
 
 

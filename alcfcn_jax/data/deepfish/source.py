@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from typing import Any
 
-from alcfcn_jax.data.config import field
 from alcfcn_jax.data.deepfish import tree as tree_lib
 from alcfcn_jax.data.errors import BadExamples, DataError
 from alcfcn_jax.data.source import MappedSource
@@ -20,14 +18,15 @@ from alcfcn_jax.data.source import MappedSource
 logger = logging.getLogger("alcfcn_jax.data")
 
 
-def resolve_split(data_cfg: Any, split: str) -> tuple[str, str]:
-    """(subset, split) that a split name reads (see module doc)."""
+def resolve_split(split: str, *, config_name: str, eval_config: str) -> tuple[str, str]:
+    """(subset, split) that a split name reads (see module doc): ``train`` reads the training
+    subset ``config_name``, the other splits ``eval_config``, ``<subset>:<split>`` says both."""
     if ":" in split:
         subset, split = split.split(":", 1)
     elif split == "train":
-        subset = field(data_cfg, "config_name")
+        subset = config_name
     else:
-        subset = field(data_cfg, "eval_config")
+        subset = eval_config
     if subset not in tree_lib.SUBSETS:
         raise DataError(f"DeepFish subset must be one of {tuple(tree_lib.SUBSETS)}, got {subset!r}")
     if split not in tree_lib.SPLITS:
@@ -64,19 +63,29 @@ def prepare(
     return builder
 
 
-def tfds_source(data_cfg: Any, root: str | pathlib.Path, tfds_dir: str, split: str) -> MappedSource:
-    """A source over the TFDS-prepared split (prepared on first use)."""
-    subset, sp = resolve_split(data_cfg, split)
+def tfds_source(
+    root: str | pathlib.Path,
+    tfds_dir: str,
+    subset: str,
+    split: str,
+    *,
+    short_side: int | None,
+    placement: str,
+    skip_bad_examples: bool,
+    bg_points: int,
+) -> MappedSource:
+    """A source over a TFDS-prepared subset's split (prepared on first use)."""
     builder = prepare(
         root,
         tfds_dir,
         subset,
-        short_side=field(data_cfg, "image_short_side"),
-        placement=field(data_cfg, "point_placement"),
-        skip_bad_examples=field(data_cfg, "skip_bad_examples"),
+        short_side=short_side,
+        placement=placement,
+        skip_bad_examples=skip_bad_examples,
     )
+    sp = split
     ds = builder.as_data_source(split=sp)
-    bg = int(field(data_cfg, "bg_points"))
+    bg = int(bg_points)
     return MappedSource(
         range(len(ds)),
         lambda i: tree_lib.record_to_example(ds[i], bg_points=bg),
@@ -84,24 +93,32 @@ def tfds_source(data_cfg: Any, root: str | pathlib.Path, tfds_dir: str, split: s
     )
 
 
-def raw_source(data_cfg: Any, root: str | pathlib.Path, split: str) -> MappedSource:
+def raw_source(
+    root: str | pathlib.Path,
+    subset: str,
+    split: str,
+    *,
+    short_side: int | None,
+    placement: str,
+    skip_bad_examples: bool,
+    bg_points: int,
+) -> MappedSource:
     """A source reading the tree directly, with exactly the builder's preprocessing.
 
     With ``skip_bad_examples`` every example is loaded once up front so bad ones can be
     reported and left out before training starts; otherwise a bad file raises on access.
     """
-    subset, sp = resolve_split(data_cfg, split)
+    sp = split
     tree = tree_lib.DeepFishTree(root)
     rows = tree.ids(subset, sp)
-    short = field(data_cfg, "image_short_side")
-    placement = field(data_cfg, "point_placement")
-    bg = int(field(data_cfg, "bg_points"))
+    short = short_side
+    bg = int(bg_points)
 
     def load(row):
         rec = tree.record(subset, row[0], count=row[1], short_side=short, placement=placement)
         return tree_lib.record_to_example(rec, bg_points=bg)
 
-    if field(data_cfg, "skip_bad_examples"):
+    if skip_bad_examples:
         bad = BadExamples(True, f"DeepFish {subset}/{sp}")
         good = []
         for row in rows:
