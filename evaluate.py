@@ -40,14 +40,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
-    from alcfcn_jax import config_utils
     from alcfcn_jax.apps import pseudo_masks
     from alcfcn_jax.eval import report
+    from alcfcn_jax.train.config import resolve
 
     # Multi-host: every process runs this program; the coordinator comes from the environment.
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
         jax.distributed.initialize()
-    config = config_utils.resolve(_CONFIG.value)
+    config = resolve(_CONFIG.value)
     which = _which(_CHECKPOINT.value)
     if _MODE.value == "pseudo_masks":
         manifest = pseudo_masks.write_pseudo_masks(config, _WORKDIR.value, which=which)

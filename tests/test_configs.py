@@ -11,9 +11,10 @@ import pytest
 import configs.deepfish
 import configs.deepfish_pm
 from alcfcn_jax import config_utils
-from alcfcn_jax.config_utils import ConfigError, validate_config
+from alcfcn_jax.config_utils import ConfigError
 from alcfcn_jax.data import pseudo_masks
 from alcfcn_jax.train import data as train_data
+from alcfcn_jax.train.config import validate_config
 
 
 def test_reference_settings():

@@ -322,10 +322,11 @@ def main(argv: Sequence[str]) -> None:
     del argv
     from absl import flags, logging
 
-    from alcfcn_jax import checkpoint, config_utils
+    from alcfcn_jax import checkpoint
+    from alcfcn_jax.train.config import resolve
 
     f = flags.FLAGS
-    config = config_utils.resolve(f.config)
+    config = resolve(f.config)
     which = _parse_which(f.checkpoint)
     model, step, meta = checkpoint.restore_for_inference(config, f.workdir, which)
     summary = predict_folder(

@@ -35,7 +35,7 @@ __all__ = [
     "build_trunk",
 ]
 
-# The names a config may use (``config_utils.validate_config`` checks against these).
+# The names a config may use (``train.config.validate_config`` checks against these).
 MODEL_NAMES = ("alcfcn", "fcn8_vgg16")
 TRUNKS = ("resnet38", "efficientnet_lite0", "tiny")  # A-LCFCN trunks
 BACKBONES = (*TRUNKS, "vgg16")  # vgg16: the FCN8's

@@ -30,6 +30,7 @@ from alcfcn_jax.eval.evaluation import evaluate
 from alcfcn_jax.io import read_json, write_json_atomic, write_text_atomic
 from alcfcn_jax.losses.affinity import AffinityLoss
 from alcfcn_jax.train import data as train_data
+from alcfcn_jax.train.config import resolve
 from alcfcn_jax.train.metric_writer import MetricWriter, quiet_library_logs
 from alcfcn_jax.train.optim import learning_rate_schedule
 from alcfcn_jax.train.state import (
@@ -177,7 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       alcfcn_jax.checkpoint.CheckpointError: the workdir holds a checkpoint of another model.
     """
     # --- set up: mesh, batch sizes, data, state ---------------------------------------------
-    config = config_utils.resolve(config)
+    config = resolve(config)
     tc = config.train
     workdir_path = pathlib.Path(workdir).expanduser()
     mesh = shd.make_mesh()
@@ -401,7 +402,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> pathlib.Pat
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """The ``train.py`` entry: validate and resolve, log and save the config, train, evaluate."""
     quiet_library_logs()
-    config = config_utils.resolve(config)
+    config = resolve(config)
     logging.info("Config:\n%s", config_utils.config_to_json(config))
     write_config(config, workdir)
     final = train_and_evaluate(config, workdir)
