@@ -26,6 +26,7 @@ from __future__ import annotations
 import ml_collections
 
 from alcfcn_jax.data.config import default_data_config
+from alcfcn_jax.models import MODEL_DEFAULTS
 from configs.common import parse_arg
 
 PRESETS = ("alcfcn", "lcfcn", "plfcn", "fsfcn", "smoke")
@@ -39,41 +40,9 @@ _REFERENCE_VAL_SIZE = 124  # FishSeg val images = draws per reference "epoch"
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
     """The ``config.model`` block (docs/contracts.md "Models"), reference values by default."""
-    cfg = ml_collections.ConfigDict(
-        {
-            "name": "alcfcn",
-            "backbone": "resnet38",
-            "n_classes": 2,
-            "with_affinity": True,
-            "trunk_mode": "two_pass",
-            "beta": 8.0,
-            "logt": 4,
-            "radius": 5,
-            # "auto": the dense N x N walk of the reference on tiny grids, the sparse one (same
-            # values to 1e-5, O(N*K) memory; 40x faster fwd+bwd at 256x455) above 64 nodes.
-            "rw_method": "auto",
-            "dtype": "float32",
-            # SEAM's resnet38_aff_SEAM.pth (VOC AffinityNet); "" = random init. Not downloadable
-            # here: see README for where to put it.
-            "weights": "",
-            "weights_allow_missing": (),
-            # Activation branch: "fc8" (reference: one 1x1 conv on conv6) or "decoder" (3x3
-            # convs over all three taps, models/heads.py), and the decoder's width.
-            "cam_head": "fc8",
-            "decoder_width": 96,
-            # Dropout2d rate of the decoder. 0: with dropout the LCFCN loss is computed on a
-            # function evaluation never sees; regions the loss leaves at p(fish) ~ 0.5 then turn
-            # into dozens of speckle blobs at evaluation (docs/results.md).
-            "decoder_dropout": 0.0,
-            # EfficientNet-Lite0 only: 8 (dilated, every tap at stride 8) or 32 (ImageNet
-            # strides, taps resampled to stride 8 by the heads), and the three tapped points
-            # (s1..s7, head; empty = s3, s5, head).
-            "output_stride": 8,
-            # Affinity branch widths (f8_3, f8_4, f8_5); () = the reference's (64, 128, 256).
-            "affinity_widths": (),
-            "trunk_taps": (),
-        }
-    )
+    # models.MODEL_DEFAULTS are the reference's values (ResNet-38d trunk, shared, beta 8, logt
+    # 4, radius 5, fc8 head, no pretrained weights); the walk picks dense or sparse by size.
+    cfg = ml_collections.ConfigDict({**MODEL_DEFAULTS, "rw_method": "auto"})
     cfg.update(overrides)
     return cfg
 

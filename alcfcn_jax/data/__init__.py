@@ -90,11 +90,13 @@ def get_source(data_cfg: Any, split: str):
         subset, sp = df.resolve_split(
             split, config_name=cfg.config_name, eval_config=cfg.eval_config
         )
-        kwargs = dict(preprocessing, placement=cfg.point_placement, bg_points=int(cfg.bg_points))
+        reading = df.Reading(
+            placement=cfg.point_placement, bg_points=int(cfg.bg_points), **preprocessing
+        )
         if cfg.reader == "tfds":
-            src = df.tfds_source(root, str(tfds_dir), subset, sp, **kwargs)
+            src = df.tfds_source(root, str(tfds_dir), subset, sp, reading)
         elif cfg.reader == "raw":
-            src = df.raw_source(root, subset, sp, **kwargs)
+            src = df.raw_source(root, subset, sp, reading)
         else:
             raise DataError(f"data.reader must be 'tfds' or 'raw', got {cfg.reader!r}")
     else:

@@ -8,6 +8,7 @@ explicitly.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 
@@ -63,29 +64,33 @@ def prepare(
     return builder
 
 
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """How examples are read: short side after resizing (None: kept), point placement for
+    mask-derived points, skip-or-raise on bad files, background points added (-1: as many as
+    fish)."""
+
+    short_side: int | None
+    placement: str
+    skip_bad_examples: bool
+    bg_points: int
+
+
 def tfds_source(
-    root: str | pathlib.Path,
-    tfds_dir: str,
-    subset: str,
-    split: str,
-    *,
-    short_side: int | None,
-    placement: str,
-    skip_bad_examples: bool,
-    bg_points: int,
+    root: str | pathlib.Path, tfds_dir: str, subset: str, split: str, reading: Reading
 ) -> MappedSource:
     """A source over a TFDS-prepared subset's split (prepared on first use)."""
     builder = prepare(
         root,
         tfds_dir,
         subset,
-        short_side=short_side,
-        placement=placement,
-        skip_bad_examples=skip_bad_examples,
+        short_side=reading.short_side,
+        placement=reading.placement,
+        skip_bad_examples=reading.skip_bad_examples,
     )
     sp = split
     ds = builder.as_data_source(split=sp)
-    bg = int(bg_points)
+    bg = int(reading.bg_points)
     return MappedSource(
         range(len(ds)),
         lambda i: tree_lib.record_to_example(ds[i], bg_points=bg),
@@ -93,16 +98,7 @@ def tfds_source(
     )
 
 
-def raw_source(
-    root: str | pathlib.Path,
-    subset: str,
-    split: str,
-    *,
-    short_side: int | None,
-    placement: str,
-    skip_bad_examples: bool,
-    bg_points: int,
-) -> MappedSource:
+def raw_source(root: str | pathlib.Path, subset: str, split: str, reading: Reading) -> MappedSource:
     """A source reading the tree directly, with exactly the builder's preprocessing.
 
     With ``skip_bad_examples`` every example is loaded once up front so bad ones can be
@@ -111,14 +107,13 @@ def raw_source(
     sp = split
     tree = tree_lib.DeepFishTree(root)
     rows = tree.ids(subset, sp)
-    short = short_side
-    bg = int(bg_points)
+    short, placement, bg = reading.short_side, reading.placement, int(reading.bg_points)
 
     def load(row):
         rec = tree.record(subset, row[0], count=row[1], short_side=short, placement=placement)
         return tree_lib.record_to_example(rec, bg_points=bg)
 
-    if skip_bad_examples:
+    if reading.skip_bad_examples:
         bad = BadExamples(True, f"DeepFish {subset}/{sp}")
         good = []
         for row in rows:
