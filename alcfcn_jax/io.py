@@ -51,18 +51,18 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> pathlib.Path:
     return atomic_write(path, lambda f: f.write(text), binary=False)
 
 
-def json_safe(obj: Any) -> Any:
-    """Plain-JSON copy: numpy / jax scalars and arrays to Python, NaN/inf to None (strict JSON
-    has no NaN), mapping keys to strings."""
+def json_safe(obj: Any, *, strict: bool = True) -> Any:
+    """Plain-JSON copy: numpy / jax scalars and arrays to Python, mapping keys to strings, and
+    with ``strict`` NaN/inf to None (strict JSON has no NaN; ``metrics.jsonl`` keeps them)."""
     if isinstance(obj, Mapping):
-        return {str(k): json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v, strict=strict) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
+        return [json_safe(v, strict=strict) for v in obj]
     if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
+        return json_safe(obj.tolist(), strict=strict)
     if isinstance(obj, np.generic) or (hasattr(obj, "item") and hasattr(obj, "dtype")):
         obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
+    if strict and isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
 

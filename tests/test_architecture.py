@@ -89,3 +89,20 @@ def test_reference_implementations_stay_outside_the_package():
     for name, path in _modules():
         for imported in _imports(path):
             assert not imported.startswith(("reference", "benchmarks", "tests")), (name, imported)
+
+
+def test_public_paths_are_kept():
+    """The import paths users and the docs rely on survive the layout."""
+    import importlib
+
+    for module, names in {
+        "alcfcn_jax.ops.affinity": ("dense_affinity", "sparse_affinity", "neighbor_offsets"),
+        "alcfcn_jax.ops.random_walk": ("refine",),
+        "alcfcn_jax.losses.lcfcn": ("lcfcn_loss", "lcfcn_terms"),
+        "alcfcn_jax.metrics": ("game", "confusion", "iou_from_confusion", "SegMeter"),
+        "alcfcn_jax.models": ("build_model",),
+        "alcfcn_jax.predict": ("predict_folder",),
+    }.items():
+        mod = importlib.import_module(module)
+        for name in names:
+            assert callable(getattr(mod, name)), f"{module}.{name}"

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alcfcn_jax.models.outputs import IGNORE, STRIDE
+from alcfcn_jax.models.outputs import IGNORE, STRIDE, fish_probability
 from alcfcn_jax.ops.affinity import (
     effective_radius,
     neighbor_offsets,
@@ -64,11 +64,7 @@ def affinity_labels(cam_logits: jax.Array, points: jax.Array, *, fg: float, bg: 
     """
     if not 0.0 <= bg < fg <= 1.0:
         raise ValueError(f"affinity_labels: need 0 <= bg < fg <= 1, got bg={bg}, fg={fg}")
-    logits = jax.lax.stop_gradient(cam_logits.astype(jnp.float32))
-    if logits.shape[-1] == 1:
-        prob = jax.nn.sigmoid(logits[..., 0])
-    else:
-        prob = jax.nn.softmax(logits, axis=-1)[..., 1]
+    prob = fish_probability(jax.lax.stop_gradient(cam_logits))
     cell = avg_pool(pad_to_multiple(prob[..., None], STRIDE), STRIDE)[..., 0]
     clicks = avg_pool(pad_to_multiple((points == 1)[..., None].astype(jnp.float32), STRIDE), STRIDE)
     labels = jnp.where(cell > fg, 1, jnp.where(cell < bg, 0, IGNORE))

@@ -165,7 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Trains (or resumes) a run in ``workdir``, validating and checkpointing as configured.
 
     Args:
-      config: the experiment config (validated and resolved first).
+      config: the experiment config, resolved (``train.config.resolve``; :func:`run` does it).
       workdir: the run's directory (checkpoints, ``metrics.jsonl``, ``config.json``).
 
     Returns:
@@ -178,7 +178,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       alcfcn_jax.checkpoint.CheckpointError: the workdir holds a checkpoint of another model.
     """
     # --- set up: mesh, batch sizes, data, state ---------------------------------------------
-    config = resolve(config)
     tc = config.train
     workdir_path = pathlib.Path(workdir).expanduser()
     mesh = shd.make_mesh()

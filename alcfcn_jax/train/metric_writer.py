@@ -21,6 +21,8 @@ from typing import Any, TextIO
 
 from absl import logging
 
+from alcfcn_jax.io import json_safe
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -198,7 +200,7 @@ class MetricWriter:
 
     def write(self, step: int, scalars: Mapping[str, Any], *, kind: str = "train") -> None:
         """Records one row of scalars at ``step`` (numbers are converted to Python floats)."""
-        clean = {k: _to_python(v) for k, v in scalars.items()}
+        clean = json_safe(dict(scalars), strict=False)
         text = ", ".join(f"{k}={_format_value(v)}" for k, v in clean.items() if v is not None)
         if self.progress is not None:
             self.progress.close()
@@ -232,17 +234,6 @@ class MetricWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _to_python(value: Any) -> Any:
-    """numpy / jax scalars -> Python int / float / bool; strings and None pass through."""
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, (bool, int, str)):
-        return value
-    return float(value)
 
 
 def read_metrics(workdir: str | os.PathLike, kind: str | None = None) -> list[dict[str, Any]]:
