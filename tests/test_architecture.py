@@ -15,6 +15,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "alcfcn_jax"
 # other, except where ALLOWED_SIDEWAYS says so.
 LAYERS = {
     "ops": 0,
+    "labels": 0,
     "io": 0,
     "sharding": 0,
     "config_utils": 0,

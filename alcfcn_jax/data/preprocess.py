@@ -20,7 +20,7 @@ import skimage.measure
 from PIL import Image
 
 from alcfcn_jax.data.errors import DataError
-from alcfcn_jax.models.outputs import IGNORE
+from alcfcn_jax.labels import IGNORE
 
 LETTERBOX_MODES = ("crop", "mask", "none")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)

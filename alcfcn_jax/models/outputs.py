@@ -10,11 +10,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from alcfcn_jax.labels import IGNORE
 from alcfcn_jax.ops.random_walk import STRIDE
 
 __all__ = ["IGNORE", "STRIDE", "fish_probability", "prediction", "upsample_logits"]
-
-IGNORE = 255
 
 
 def fish_probability(logits: jax.Array) -> jax.Array:
