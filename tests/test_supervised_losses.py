@@ -6,6 +6,7 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import torch_joint_loss
 
 from alcfcn_jax.losses.point import point_level_loss
 from alcfcn_jax.losses.supervised import cross_entropy, joint_loss
@@ -56,19 +57,6 @@ def test_cross_entropy_all_ignored_is_zero_and_shapes_checked():
     assert float(cross_entropy(logits, jnp.full((1, 2, 2), 255))[0]) == 0.0
     with pytest.raises(ValueError, match="expected logits"):
         cross_entropy(logits, jnp.zeros((1, 2, 3), jnp.int32))
-
-
-def torch_joint_loss(torch, pred, mask):
-    """The reference formula written out in torch (NCHW, 1 channel)."""
-    F = torch.nn.functional
-    weit = 1 + 5 * torch.abs(F.avg_pool2d(mask, kernel_size=31, stride=1, padding=15) - mask)
-    wbce = F.binary_cross_entropy_with_logits(pred, mask, reduction="none")
-    wbce = (weit * wbce).sum(dim=(2, 3)) / weit.sum(dim=(2, 3))
-    p = torch.sigmoid(pred)
-    inter = ((p * mask) * weit).sum(dim=(2, 3))
-    union = ((p + mask) * weit).sum(dim=(2, 3))
-    wiou = 1 - (inter + 1) / (union - inter + 1)
-    return (wbce + wiou)[:, 0]
 
 
 @pytest.mark.parametrize("channels", [1, 2])

@@ -1,6 +1,5 @@
 """Torch-free checkpoint reading (restricted unpickler) and the checked name/shape mapping."""
 
-import collections
 import json
 import os
 import pathlib
@@ -9,6 +8,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import example_state_dict
 from flax import nnx
 
 from alcfcn_jax.models.layers import FrozenBatchNorm, conv2d
@@ -41,17 +41,7 @@ def _write_zip_checkpoint(path, obj) -> None:
 @pytest.mark.parametrize("legacy", [False, True])
 def test_reads_tensors_exactly(tmp_path, legacy):
     torch = pytest.importorskip("torch")
-    g = torch.Generator().manual_seed(0)
-    sd = collections.OrderedDict()
-    sd["conv.weight"] = torch.randn(4, 3, 3, 3, generator=g)
-    sd["transposed"] = torch.randn(5, 7, generator=g).t()  # non-contiguous strides
-    sd["view"] = torch.arange(30, dtype=torch.int64)[7:19].view(3, 4)  # storage offset
-    sd["half"] = torch.randn(6, generator=g).half()
-    sd["bf16"] = torch.randn(6, generator=g).bfloat16()
-    sd["flag"] = torch.tensor([True, False])
-    sd["scalar"] = torch.tensor(7)
-    sd["param"] = torch.nn.Parameter(torch.randn(2, 2, generator=g))
-    sd["empty"] = torch.zeros(0, 3)
+    sd = example_state_dict(torch)
     path = tmp_path / "w.pth"
     torch.save(sd, path, _use_new_zipfile_serialization=not legacy)
     out = torch_pickle.load_state_dict(path)
