@@ -18,7 +18,12 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from alcfcn_jax.checkpoint import Checkpointer, CheckpointError, checkpoint_dir
+from alcfcn_jax.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    checkpoint_dir,
+    run_selection_metric,
+)
 from alcfcn_jax.data import get_source, has_boxes, pipeline
 from alcfcn_jax.data import pseudo_masks as pm
 from alcfcn_jax.data.budget import budget_subset
@@ -122,7 +127,8 @@ def _expected_step(config: Any) -> int | None:
             stage1,
         )
         return None
-    ckpt = Checkpointer(stage1, read_only=True)
+    # Stage 1's best step by stage 1's own metric (a run selected by MAE has no val_miou).
+    ckpt = Checkpointer(stage1, read_only=True, best_metric=run_selection_metric(stage1))
     try:
         return ckpt.resolve(str(config.stage1.which))
     except CheckpointError:

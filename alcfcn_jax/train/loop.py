@@ -166,7 +166,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Args:
       config: the experiment config, resolved (``train.config.resolve``; :func:`run` does it).
-      workdir: the run's directory (checkpoints, ``metrics.jsonl``, ``config.json``).
+      workdir: the run's directory (checkpoints, ``metrics.jsonl``, ``config.json``; the config
+        is written only after every resume check has passed).
 
     Returns:
       The final figures: ``step``, ``best`` (step and score), the last validation metrics and,
@@ -230,6 +231,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if data_state is not None:
                 data.iterator.set_state(data_state)
             logging.info("Resumed from %s at step %d", ckpt.directory, latest)
+        # Every check has passed (config, structure, data): only now does config.json change.
+        write_config(config, workdir)
+        if latest is not None:
             done = read_json(workdir_path / FINAL_FILE)
             if latest >= num_steps and done is not None and done.get("step") == latest:
                 logging.info("Run already finished at step %d; final figures: %s", latest, done)
@@ -399,11 +403,14 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> pathlib.Pat
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """The ``train.py`` entry: validate and resolve, log and save the config, train, evaluate."""
+    """The ``train.py`` entry: validate and resolve, log the config, train, evaluate.
+
+    ``config.json`` is written by :func:`train_and_evaluate` once the resume checks have passed,
+    so a refused resume leaves the workdir as it was.
+    """
     quiet_library_logs()
     config = resolve(config)
     logging.info("Config:\n%s", config_utils.config_to_json(config))
-    write_config(config, workdir)
     final = train_and_evaluate(config, workdir)
     logging.info("Final: %s", json.dumps(final, default=str))
     return final
