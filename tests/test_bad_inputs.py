@@ -4,15 +4,19 @@ Each test reproduces one reported case on tiny generated files (seconds each, CP
 """
 
 import json
+import logging
+import pathlib
 import shutil
 
 import jax
+import numpy as np
 import pytest
 
 import configs.deepfish
 from alcfcn_jax import checkpoint
 from alcfcn_jax import sharding as shd
 from alcfcn_jax.checkpoint import Checkpointer, CheckpointError
+from alcfcn_jax.data.errors import DataError
 from alcfcn_jax.train import state as train_state
 
 
@@ -109,3 +113,191 @@ def test_stage2_best_step_uses_stage1_metric(tmp_path, smoke):
 
     assert train_data._expected_step(resolve(stage2)) == 3
     assert checkpoint.run_selection_metric(tmp_path) == "val_mae"
+
+
+# --- data helpers ------------------------------------------------------------------------------
+
+
+def _rgb(path, h=16, w=24, value=120):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(path)
+
+
+def _boxes_dir(root, names, label="0 0.5 0.5 0.2 0.2\n"):
+    for name in names:
+        _rgb(root / "images" / name)
+        (root / "labels").mkdir(parents=True, exist_ok=True)
+        (root / "labels" / (pathlib.Path(name).stem + ".txt")).write_text(label)
+    return root
+
+
+# --- item 2: 16-bit images are scaled, not clipped --------------------------------------------
+
+
+def test_16bit_png_is_scaled_not_washed_out(tmp_path):
+    from PIL import Image
+
+    from alcfcn_jax.data import preprocess as pp
+
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (8, 1))
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")
+    rgb = np.asarray(pp.load_image(path))
+    assert rgb.dtype == np.uint8 and rgb.shape == (8, 64, 3)
+    np.testing.assert_array_equal(rgb[..., 0], np.round(ramp / 257.0).astype(np.uint8))
+    assert (rgb == 255).mean() < 0.05  # was 99.8 % white
+    Image.fromarray(np.full((4, 4), 0.5, np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(DataError, match=r"float\.tif: image mode 'F'"):
+        pp.load_image(tmp_path / "float.tif")
+
+
+# --- item 3: duplicate clicks, and clicks colliding after resizing ----------------------------
+
+
+def test_duplicate_click_row_is_dropped_with_warning(tmp_path, caplog):
+    from alcfcn_jax.data.points import click_source
+
+    _rgb(tmp_path / "images" / "a.jpg", 40, 40)
+    (tmp_path / "points.csv").write_text("image,x,y\na.jpg,5,5\na.jpg,30,30\na.jpg,5,5\n")
+    with caplog.at_level(logging.WARNING, logger="alcfcn_jax.data"):
+        src = click_source(
+            tmp_path, "all", points_csv="", val_percent=0, skip_bad_examples=False, short_side=None
+        )
+        ex = src[0]
+    assert int(ex["count"]) == 2 and int((ex["points"] == 1).sum()) == 2
+    assert "line 4 = line 2 (a.jpg)" in caplog.text
+
+
+def test_clicks_colliding_after_resize_keep_one_pixel_each(tmp_path, caplog):
+    from alcfcn_jax.data.points import click_source
+
+    _rgb(tmp_path / "images" / "a.jpg", 64, 64)
+    (tmp_path / "points.csv").write_text("image,x,y\na.jpg,10,10\na.jpg,11,11\na.jpg,40,40\n")
+    with caplog.at_level(logging.WARNING, logger="alcfcn_jax.data"):
+        ex = click_source(
+            tmp_path, "all", points_csv="", val_percent=0, skip_bad_examples=False, short_side=8
+        )[0]
+    assert int(ex["count"]) == 3 and int((ex["points"] == 1).sum()) == 3
+    assert "fell on the pixel of another" in caplog.text and "a.jpg" in caplog.text
+
+
+def test_box_centres_colliding_after_resize_keep_one_pixel_each(tmp_path):
+    from alcfcn_jax.data.boxes import box_source
+
+    root = _boxes_dir(tmp_path, ["a.jpg"], "0 0.50 0.5 0.1 0.1\n0 0.51 0.5 0.1 0.1\n")
+    ex = box_source(
+        root, "all", val_percent=0, skip_bad_examples=False, short_side=4, letterbox="none"
+    )[0]
+    assert int(ex["count"]) == 2 and int((ex["points"] == 1).sum()) == 2
+
+
+# --- item 6: one list of image extensions; skipped and orphaned files reported ----------------
+
+
+def test_bmp_images_are_read_and_orphans_reported(tmp_path, caplog):
+    from alcfcn_jax.apps import predict
+    from alcfcn_jax.data import preprocess as pp
+    from alcfcn_jax.data.boxes import IMAGE_SUFFIXES, box_source
+
+    assert predict.IMAGE_EXTENSIONS is pp.IMAGE_EXTENSIONS is IMAGE_SUFFIXES
+    root = _boxes_dir(tmp_path, ["a.jpg", "b.bmp"])
+    (root / "labels" / "ghost.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    (root / "images" / "notes.txt").write_text("not an image")
+    with caplog.at_level(logging.WARNING, logger="alcfcn_jax.data"):
+        src = box_source(
+            root, "all", val_percent=0, skip_bad_examples=False, short_side=None, letterbox="none"
+        )
+    assert len(src) == 2 and {src[i]["id"] for i in range(2)} == {"a", "b"}
+    assert "1 label file(s) have no image" in caplog.text and "ghost.txt" in caplog.text
+    assert "1 file(s) that are not images" in caplog.text and "notes.txt" in caplog.text
+
+
+# --- item 13: YOLO sizes above 1 --------------------------------------------------------------
+
+
+def test_yolo_box_larger_than_image_is_refused(tmp_path):
+    from alcfcn_jax.data.boxes import read_yolo
+
+    (tmp_path / "a.txt").write_text("0 0.5 0.5 1.5 0.2\n")
+    with pytest.raises(
+        DataError, match=r"a\.txt, line 1: box width and height must be in \(0, 1\]"
+    ):
+        read_yolo(tmp_path / "a.txt")
+
+
+# --- item 4: predict outputs are unique per input ---------------------------------------------
+
+
+def test_predict_inputs_sharing_a_stem_keep_their_own_outputs(tmp_path):
+    import csv
+
+    from PIL import Image
+
+    from alcfcn_jax.apps import predict
+    from tests.test_predict import ThresholdModel
+
+    photos = tmp_path / "photos"
+    _rgb(photos / "frame1.jpg", 16, 16, value=10)
+    _rgb(photos / "frame1.png", 16, 16, value=230)
+    _rgb(photos / "other.png", 16, 16, value=230)
+    out = tmp_path / "out"
+    predict.predict_folder(ThresholdModel(), photos, out, short_side=None)
+    with open(out / "images.csv") as f:
+        rows = {r["image"]: r for r in csv.DictReader(f)}
+    assert rows["frame1.jpg"]["instance_mask"] == "instances/frame1.jpg.png"
+    assert rows["frame1.png"]["instance_mask"] == "instances/frame1.png.png"
+    assert rows["other.png"]["instance_mask"] == "instances/other.png"
+    dark = np.asarray(Image.open(out / "instances" / "frame1.jpg.png"))
+    bright = np.asarray(Image.open(out / "instances" / "frame1.png.png"))
+    assert dark.max() == 0 and bright.max() == 1
+
+
+# --- items 12 and 13: output folders are checked before any work ------------------------------
+
+
+def test_output_dir_that_is_a_file_or_unwritable_is_refused_first(tmp_path, monkeypatch):
+    from alcfcn_jax.apps import predict
+    from alcfcn_jax.eval import inference, report
+    from alcfcn_jax.io import OutputDirError
+    from tests.test_predict import ThresholdModel
+
+    _rgb(tmp_path / "photos" / "a.png")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputDirError, match=r"--output_dir .*afile is a file, not a folder"):
+        predict.predict_folder(ThresholdModel(), tmp_path / "photos", tmp_path / "afile")
+
+    def no_restore(*args, **kwargs):
+        raise AssertionError("restored a checkpoint before checking the output folder")
+
+    monkeypatch.setattr(inference, "restore", no_restore)
+    config = configs.deepfish.get_config("smoke")
+    with pytest.raises(OutputDirError, match=r"--output_dir .*afile/eval is not writable"):
+        report.run_evaluation(config, tmp_path, output_dir=tmp_path / "afile" / "eval")
+    # The default folder inside an unwritable workdir names the flag to use instead.
+    with pytest.raises(OutputDirError, match=r"evaluation output folder \(--output_dir\)"):
+        report.run_evaluation(config, tmp_path / "afile")
+
+
+# --- item 7: diverged weights with the LCFCN loss stop with the step, before the callback -----
+
+
+def test_diverging_lcfcn_run_stops_naming_the_step(tmp_path):
+    from alcfcn_jax.train import loop, metric_writer
+
+    config = configs.deepfish.get_config("smoke")
+    config.optim.lr = 1e30
+    with pytest.raises(FloatingPointError) as err:
+        loop.run(config, str(tmp_path))
+    message = str(err.value)
+    assert "non-finite loss at step" in message and "outputs are NaN/inf" in message
+    assert "CpuCallback" not in message and "optim.lr" in message
+    errors = metric_writer.read_metrics(tmp_path, kind="error")
+    assert errors and errors[0]["nonfinite_output"] == 1.0
+    # No checkpoint holds the diverged weights.
+    ckpt = Checkpointer(tmp_path, read_only=True) if (tmp_path / "checkpoints").is_dir() else None
+    if ckpt is not None:
+        assert all(s < errors[0]["step"] - 1 for s in ckpt.all_steps())
+        ckpt.close()
