@@ -301,3 +301,65 @@ def test_diverging_lcfcn_run_stops_naming_the_step(tmp_path):
     if ckpt is not None:
         assert all(s < errors[0]["step"] - 1 for s in ckpt.all_steps())
         ckpt.close()
+
+
+# --- item 1: prepared DeepFish data is keyed by its source tree -------------------------------
+
+
+def test_prepared_deepfish_data_is_never_reused_for_another_tree(tmp_path, monkeypatch):
+    from alcfcn_jax.data import default_data_config, get_source, synthetic
+
+    small = synthetic.SyntheticSpec(height=32, width=48, seg_sizes=(3, 2, 2), loc_sizes=(3, 2, 2))
+    large = synthetic.SyntheticSpec(height=32, width=48, seg_sizes=(6, 2, 2), loc_sizes=(7, 2, 2))
+    tree_a = synthetic.write_tree(tmp_path / "A", small)
+    tree_b = synthetic.write_tree(tmp_path / "B", large)
+    monkeypatch.setenv("ALCFCN_CACHE", str(tmp_path / "cache"))
+
+    def cfg(root, tfds_dir=""):
+        c = default_data_config("deepfish")
+        c.update(data_dir=str(root), tfds_dir=tfds_dir, image_short_side=None)
+        return c
+
+    raw = default_data_config("deepfish")
+    raw.update(data_dir=str(tree_b), reader="raw", image_short_side=None)
+    n_a, n_b = len(get_source(cfg(tree_a), "train")), len(get_source(cfg(tree_b), "train"))
+    assert n_b == len(get_source(raw, "train")) != n_a  # B's own images, not A's
+    assert len(list((tmp_path / "cache" / "tensorflow_datasets").glob("deepfish-*"))) == 2
+    shared = str(tmp_path / "shared")
+    get_source(cfg(tree_a, shared), "train")
+    with pytest.raises(DataError, match=r"data\.tfds_dir .*shared holds DeepFish data prepared"):
+        get_source(cfg(tree_b, shared), "train")
+
+
+# --- item 8: every file is checked before the first step --------------------------------------
+
+
+def _boxes_config(root):
+    from alcfcn_jax.data import default_data_config
+    from alcfcn_jax.train.config import resolve
+
+    config = configs.deepfish.get_config("smoke")
+    config.data = default_data_config("boxes")
+    config.data.data_dir = str(root)
+    config.data.letterbox = "none"
+    config.train.select_metric = "mae"
+    return resolve(config)
+
+
+def test_corrupt_image_is_found_before_training(tmp_path, caplog):
+    from alcfcn_jax.data.source import validate_source
+    from alcfcn_jax.train import data as train_data
+
+    root = _boxes_dir(tmp_path, [f"f{i}.jpg" for i in range(12)])
+    good = (root / "images" / "f7.jpg").read_bytes()
+    (root / "images" / "f7.jpg").write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(DataError, match=r"f7\.jpg: cannot decode.*data\.skip_bad_examples=True"):
+        train_data.build(_boxes_config(root), local_batch=1, eval_batch_local=1)
+    # A 6000x4000 image (as stored) warns about memory and names the setting.
+    (root / "images" / "f7.jpg").write_bytes(good)
+    _rgb(root / "images" / "f3.jpg", 4000, 6000)
+    from alcfcn_jax.data import get_source
+
+    with caplog.at_level(logging.WARNING, logger="alcfcn_jax.data"):
+        validate_source(get_source(_boxes_config(root).data, "all"), "all")
+    assert "set data.image_short_side" in caplog.text and "6000x4000" in caplog.text

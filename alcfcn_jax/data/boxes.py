@@ -217,4 +217,5 @@ def box_source(
         fingerprint=lambda it: hashlib.sha256(it[0].read_bytes()).hexdigest(),
         settings={"reader": "boxes", **pp.Preprocessing(short, letterbox).to_dict()},
         label_count=lambda it: len(it[1]),
+        check=lambda it: pp.resized_size(*pp.check_image(it[0]), short),
     )

@@ -26,7 +26,9 @@ DeepFish-layout datasets ("deepfish", "synthetic"):
   config_name: training subset, "fish_loc" (clicked points; A-LCFCN) or "fish_seg" (points
     from masks). Evaluation splits always read FishSeg val/test masks.
   eval_config: subset of the evaluation splits ("fish_seg").
-  tfds_dir: where TFDS prepares array_record files ("" = ``<cache>/tensorflow_datasets``).
+  tfds_dir: where TFDS prepares array_record files ("" = ``<cache>/tensorflow_datasets/
+    deepfish-<key>``, keyed by the source tree's path and file listing). A folder records the
+    tree it was prepared from (``alcfcn_source.json``) and refuses another one.
   reader: "tfds" (prepare once, read with ``tfds.data_source``) or "raw" (read the tree
     directly; same preprocessing, no preparation step).
   point_placement: "centroid" (reference) or "edt_max" for points derived from masks.

@@ -87,6 +87,25 @@ def read_clicks(path: pathlib.Path) -> tuple[dict[str, list[tuple[float, float]]
     return dict(clicks), habitats
 
 
+def _check_clicks(xy: np.ndarray, W: int, H: int, img_path, csv_path) -> None:
+    if len(xy):
+        out_of = (xy[:, 0] < 0) | (xy[:, 0] >= W) | (xy[:, 1] < 0) | (xy[:, 1] >= H)
+        if out_of.any():
+            x, y = xy[np.argmax(out_of)]
+            raise DataError(
+                f"{csv_path}: click ({x}, {y}) for {img_path.name} is outside the image "
+                f"(width {W}, height {H}; expected 0 <= x < {W}, 0 <= y < {H})"
+            )
+
+
+def check_example(item, short_side: int | None) -> tuple[int, int]:
+    """Cheap check of one item (image header and data, clicks in bounds); model-input (h, w)."""
+    img_path, xy, _, csv_path = item
+    H, W = pp.check_image(img_path)
+    _check_clicks(xy, W, H, img_path, csv_path)
+    return pp.resized_size(H, W, short_side)
+
+
 def load_example(
     img_path: pathlib.Path, xy: np.ndarray, habitat: str, csv_path: pathlib.Path, *, short_side
 ) -> dict[str, Any]:
@@ -97,14 +116,7 @@ def load_example(
     """
     img = pp.load_image(img_path)
     H, W = img.height, img.width
-    if len(xy):
-        out_of = (xy[:, 0] < 0) | (xy[:, 0] >= W) | (xy[:, 1] < 0) | (xy[:, 1] >= H)
-        if out_of.any():
-            x, y = xy[np.argmax(out_of)]
-            raise DataError(
-                f"{csv_path}: click ({x}, {y}) for {img_path.name} is outside the image "
-                f"(width {W}, height {H}; expected 0 <= x < {W}, 0 <= y < {H})"
-            )
+    _check_clicks(xy, W, H, img_path, csv_path)
     img = pp.resize_image(img, short_side)
     h, w = img.height, img.width
     ys = np.minimum((xy[:, 1] * h / H).astype(np.int64), h - 1) if len(xy) else np.zeros(0, int)
@@ -173,5 +185,8 @@ def click_source(
         items.append(item)
     bad.summarize()
     return MappedSource(
-        items, lambda it: load_example(*it, short_side=short), f"points[{split}] {root}"
+        items,
+        lambda it: load_example(*it, short_side=short),
+        f"points[{split}] {root}",
+        check=lambda it: check_example(it, short),
     )

@@ -69,6 +69,37 @@ def load_image(source: str | pathlib.Path | bytes, name: str | None = None) -> I
 _MODES_16 = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
+def check_image(path: pathlib.Path, short_side: int | None = None) -> tuple[int, int]:
+    """Checks that an image file decodes, cheaply, and returns its stored (H, W).
+
+    JPEGs are decoded at 1/8 scale (``draft``: every byte is still read, so truncation and
+    corrupt data show), other formats verified (PNG checksums); modes with no 8-bit meaning are
+    refused as :func:`to_rgb8` would.
+
+    Raises:
+      DataError: missing, undecodable or unsupported file; the message names it.
+    """
+    try:
+        with Image.open(path) as im:
+            size = (im.height, im.width)
+            mode = im.mode
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+                im.load()
+            else:
+                im.verify()
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: image file not found") from e
+    except Exception as e:  # noqa: BLE001 - PIL raises several types for corrupt files
+        raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
+    if mode.startswith("F"):
+        raise DataError(
+            f"{path}: image mode {mode!r} (floating point or 32-bit) has no defined 8-bit "
+            "scaling; export it as an 8-bit or 16-bit image"
+        )
+    return size
+
+
 def to_rgb8(img: Image.Image, label: str = "image") -> Image.Image:
     """An 8-bit RGB copy of a decoded image.
 

@@ -1,6 +1,7 @@
 """The data of one training run: sources, the training iterator, evaluation batches.
 
-:func:`build` reads the training and validation splits, applies the annotation budget
+:func:`build` reads the training and validation splits, checks every file they will read
+(``data.source.validate_source``: a bad file fails before the first step), applies the annotation budget
 (``config.budget``) and, for stage 2 of the pseudo-mask pipeline, stage 1's pseudo masks (checked
 against stage 1's current best checkpoint before any image is read); :func:`attach_feature_cache`
 swaps the sources for the frozen trunk's cached taps when that cache applies.
@@ -27,6 +28,7 @@ from alcfcn_jax.checkpoint import (
 from alcfcn_jax.data import get_source, has_boxes, pipeline
 from alcfcn_jax.data import pseudo_masks as pm
 from alcfcn_jax.data.budget import budget_subset
+from alcfcn_jax.data.source import validate_source
 from alcfcn_jax.train import feature_cache
 
 
@@ -78,6 +80,9 @@ def build(config: Any, *, local_batch: int, eval_batch_local: int) -> TrainData:
         )
     pm.check_coverage(len(train), manifest, data_cfg.pseudo_mask_dir)
     val = get_source(data_cfg, data_cfg.val_split)
+    # Every file the run will read is checked now, not when first drawn hours later.
+    validate_source(train, f"training split {data_cfg.train_split!r}")
+    validate_source(val, f"validation split {data_cfg.val_split!r}")
     logging.info("Data: %d training and %d validation images", len(train), len(val))
     data = TrainData(data_cfg, train, val, eval_batch_local, train_input=train)
     return _with_iterator(data, config, local_batch)
