@@ -363,3 +363,35 @@ def test_corrupt_image_is_found_before_training(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="alcfcn_jax.data"):
         validate_source(get_source(_boxes_config(root).data, "all"), "all")
     assert "set data.image_short_side" in caplog.text and "6000x4000" in caplog.text
+
+
+# --- item 9: one definition of "up to date" for the pseudo-mask writer and stage 2 ------------
+
+
+def test_grown_training_set_makes_masks_stale_for_both(tmp_path):
+    from PIL import Image
+
+    from alcfcn_jax.apps import pseudo_masks as writer
+    from alcfcn_jax.data import default_data_config, get_source
+    from alcfcn_jax.data import pseudo_masks as pm
+    from alcfcn_jax.data.source import example_ids
+
+    root = _boxes_dir(tmp_path / "data", ["a.jpg", "b.jpg"])
+    cfg = default_data_config("boxes")
+    cfg.update(data_dir=str(root), letterbox="none")
+    masks = tmp_path / "pseudo_masks"
+    masks.mkdir()
+    for i in ("a", "b"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(masks / f"{i}.png")
+    manifest = {"checkpoint_step": 5, "ids": ["a", "b"], "count": 2}
+    ids = example_ids(get_source(cfg, "all"))
+    assert ids == ["a", "b"] and pm.is_complete(manifest, 5, masks, ids)
+    _boxes_dir(root, ["c.jpg"])  # the training set grows
+    src = get_source(cfg, "all")
+    ids = example_ids(src)
+    reason = pm.stale_reason(manifest, 5, masks, ids, len(src))
+    assert reason and "'c'" in reason
+    assert not pm.is_complete(manifest, 5, masks, ids, len(src))  # the writer regenerates
+    with pytest.raises(pm.StalePseudoMasksError, match=r"not up to date: 1 training image"):
+        pm.check_coverage(len(src), manifest, masks, ids)  # stage 2 agrees
+    assert "stale_reason" in writer.write_pseudo_masks.__code__.co_names

@@ -218,4 +218,5 @@ def box_source(
         settings={"reader": "boxes", **pp.Preprocessing(short, letterbox).to_dict()},
         label_count=lambda it: len(it[1]),
         check=lambda it: pp.resized_size(*pp.check_image(it[0]), short),
+        example_id=lambda it: frame_id(it[0].stem),
     )

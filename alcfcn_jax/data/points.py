@@ -189,4 +189,5 @@ def click_source(
         lambda it: load_example(*it, short_side=short),
         f"points[{split}] {root}",
         check=lambda it: check_example(it, short),
+        example_id=lambda it: it[0].stem,
     )

@@ -30,6 +30,7 @@ class MappedSource(Sequence):
         (e.g. the number of boxes in its label file); see :func:`example_count`.
       check: optional ``descriptor -> (h, w) | None`` that checks an example's files cheaply and
         raises DataError (see :func:`validate_source`).
+      example_id: optional ``descriptor -> str``, the example's ``id`` without loading it.
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class MappedSource(Sequence):
         settings: dict[str, Any] | None = None,
         label_count: Callable[[Any], int] | None = None,
         check: Callable[[Any], tuple[int, int] | None] | None = None,
+        example_id: Callable[[Any], str] | None = None,
     ) -> None:
         self.items = list(items)
         self._load = load
@@ -50,6 +52,7 @@ class MappedSource(Sequence):
         self.settings = settings
         self._label_count = label_count
         self._check = check
+        self._example_id = example_id
 
     def check(self, index: int) -> tuple[int, int] | None:
         """Checks the example's files without building it (cheap: headers, labels, clicks in
@@ -146,3 +149,20 @@ def validate_source(source: Sequence[Example], what: str) -> int:
             large[0],
         )
     return n
+
+
+def example_ids(source: Sequence[Example]) -> list[str] | None:
+    """Every example's ``id`` in order, read without decoding images where the reader can
+    (through budget subsets and pseudo-mask wrappers); None when it cannot."""
+    if isinstance(source, MappedSource):
+        if source._example_id is None:
+            return None
+        return [str(source._example_id(it)) for it in source.items]
+    inner = getattr(source, "source", None)
+    if inner is None:
+        return None
+    ids = example_ids(inner)
+    if ids is None:
+        return None
+    indices = getattr(source, "indices", None)
+    return ids if indices is None else [ids[i] for i in indices]

@@ -28,7 +28,7 @@ from alcfcn_jax.checkpoint import (
 from alcfcn_jax.data import get_source, has_boxes, pipeline
 from alcfcn_jax.data import pseudo_masks as pm
 from alcfcn_jax.data.budget import budget_subset
-from alcfcn_jax.data.source import validate_source
+from alcfcn_jax.data.source import example_ids, validate_source
 from alcfcn_jax.train import feature_cache
 
 
@@ -78,7 +78,7 @@ def build(config: Any, *, local_batch: int, eval_batch_local: int) -> TrainData:
             n_fish=int(config.budget.n_fish),
             seed=int(config.budget.seed),
         )
-    pm.check_coverage(len(train), manifest, data_cfg.pseudo_mask_dir)
+    pm.check_coverage(len(train), manifest, data_cfg.pseudo_mask_dir, example_ids(train))
     val = get_source(data_cfg, data_cfg.val_split)
     # Every file the run will read is checked now, not when first drawn hours later.
     validate_source(train, f"training split {data_cfg.train_split!r}")

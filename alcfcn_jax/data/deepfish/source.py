@@ -196,4 +196,6 @@ def raw_source(root: str | pathlib.Path, subset: str, split: str, reading: Readi
             good.append(row)
         bad.summarize()
         rows = good
-    return MappedSource(rows, load, f"deepfish[{subset}/{sp}] read from {root}")
+    return MappedSource(
+        rows, load, f"deepfish[{subset}/{sp}] read from {root}", example_id=lambda row: row[0]
+    )
