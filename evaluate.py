@@ -77,4 +77,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from alcfcn_jax.config_utils import parse_flags
+
+    app.run(main, flags_parser=parse_flags)

@@ -395,3 +395,46 @@ def test_grown_training_set_makes_masks_stale_for_both(tmp_path):
     with pytest.raises(pm.StalePseudoMasksError, match=r"not up to date: 1 training image"):
         pm.check_coverage(len(src), manifest, masks, ids)  # stage 2 agrees
     assert "stale_reason" in writer.write_pseudo_masks.__code__.co_names
+
+
+# --- item 13: smaller ones --------------------------------------------------------------------
+
+
+def test_misspelt_key_is_one_line_with_the_suggestion(tmp_path):
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    args = [sys.executable, "train.py", "--config=configs/deepfish.py:smoke"]
+    args += [f"--workdir={tmp_path}", "--config.train.nmu_steps=3"]
+    proc = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in proc.stderr
+    assert lines[-1].endswith(
+        "--config.train.nmu_steps=3: no config key 'nmu_steps'; did you mean 'num_steps'?"
+    )
+
+
+def test_none_default_fields_can_be_overridden():
+    # config_flags overrides a field by its type; a plain None field has none and was refused
+    # (--config.data.image_short_side=32). The default is now a typed placeholder.
+    from alcfcn_jax.data import default_data_config
+
+    cfg = default_data_config("boxes")
+    ref = cfg.get_ref("image_short_side")
+    assert ref.get_type() is int and ref.get() is None
+    cfg.lock()
+    cfg.image_short_side = 32  # a locked config accepts an int
+    assert cfg.to_dict()["image_short_side"] == 32
+    assert default_data_config("boxes").to_dict()["image_short_side"] is None
+
+
+def test_box_data_selects_by_count_error():
+    from alcfcn_jax.data import default_data_config
+    from alcfcn_jax.train.config import resolve
+
+    config = configs.deepfish.get_config("smoke")
+    config.data = default_data_config("boxes")
+    assert resolve(config).train.select_metric == "mae"
+    assert resolve(configs.deepfish.get_config("smoke")).train.select_metric == "miou"

@@ -89,6 +89,9 @@ _SYNTHETIC: dict[str, Any] = {
 }
 
 
+_NONE_TYPES = {"image_short_side": int, "fixed_size": tuple}
+
+
 def defaults(dataset: str) -> dict[str, Any]:
     """The default value of every field for ``dataset`` (a plain dict)."""
     if dataset not in DATASETS:
@@ -110,6 +113,11 @@ def defaults(dataset: str) -> dict[str, Any]:
 def default_data_config(dataset: str = "deepfish") -> ml_collections.ConfigDict:
     """The data config for ``dataset`` with every field at its default (see module doc)."""
     cfg = ml_collections.ConfigDict(defaults(dataset))
+    # Fields whose default is None are typed, so a command line can override them
+    # (``--config.data.image_short_side=32``); None stays a valid value.
+    for key, kind in _NONE_TYPES.items():
+        if key in cfg and cfg[key] is None:
+            cfg[key] = ml_collections.config_dict.placeholder(kind)
     return cfg
 
 
