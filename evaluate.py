@@ -4,7 +4,7 @@
         [--checkpoint=best|latest|STEP] [--num_overlays=8]
     python evaluate.py --config=configs/deepfish.py --workdir=runs/alcfcn --mode=pseudo_masks
 
-``--mode=eval`` writes ``<workdir>/eval/<split>/`` (metrics.json, report.md, per_image.csv,
+``--mode=eval`` writes ``<workdir>/eval/<split>/`` (or ``--output_dir``) (metrics.json, report.md, per_image.csv,
 overlays/); ``--mode=pseudo_masks`` writes ``<workdir>/pseudo_masks/`` for stage 2.
 """
 
@@ -23,6 +23,12 @@ _WALK = flags.DEFINE_bool(
     "walk",
     True,
     "--nowalk: evaluate an A-LCFCN model's activation branch alone (eval/<split>_nowalk/).",
+)
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir",
+    "",
+    "Where --mode=eval writes its outputs (default <workdir>/eval/<split>); use it when the "
+    "workdir is read-only. Checked writable before anything is computed.",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -62,6 +68,7 @@ def main(argv):
         which=which,
         num_overlays=_NUM_OVERLAYS.value,
         walk=_WALK.value,
+        output_dir=_OUTPUT_DIR.value or None,
     )
     print(
         f"{_SPLIT.value}: mIoU {result['miou']:.4f}  fish IoU {result['iou_fish']:.4f}  "
@@ -70,4 +77,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from alcfcn_jax.config_utils import parse_flags
+
+    app.run(main, flags_parser=parse_flags)

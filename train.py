@@ -59,4 +59,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from alcfcn_jax.config_utils import parse_flags
+
+    app.run(main, flags_parser=parse_flags)

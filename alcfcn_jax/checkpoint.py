@@ -221,7 +221,18 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint step, or None."""
-        return self.manager.latest_step()
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def is_complete(self, step: int) -> bool:
+        """Whether step ``step`` holds every item (``model``, ``opt``, ``meta``, ``data``).
+
+        Orbax renames a step into place only when whole, but a kill during a later deletion (or a
+        user's ``rm``) can leave a step folder with some items gone: such a step is never offered
+        for restore.
+        """
+        folder = self.directory / str(int(step))
+        return folder.is_dir() and all((folder / item).is_dir() for item in ITEMS)
 
     def best_step(self) -> int | None:
         """The step with the best validation score by :func:`is_better` (None when no checkpoint
@@ -234,8 +245,17 @@ class Checkpointer:
         return best_step
 
     def all_steps(self) -> list[int]:
-        """Every complete checkpoint step, ascending."""
-        return sorted(self.manager.all_steps())
+        """Every complete checkpoint step, ascending (incomplete ones are left out, with a
+        warning: see :meth:`is_complete`)."""
+        steps = sorted(self.manager.all_steps())
+        complete = [s for s in steps if self.is_complete(s)]
+        if len(complete) != len(steps):
+            logging.warning(
+                "ignoring incomplete checkpoint step(s) %s in %s (an item folder is missing)",
+                sorted(set(steps) - set(complete)),
+                self.directory,
+            )
+        return complete
 
     def resolve(self, which: str | int) -> int:
         """``"best"``, ``"latest"`` or a step number -> an existing step (or CheckpointError)."""
@@ -429,6 +449,23 @@ def _abstract(state: Any) -> Any:
 def selection_metric(config: Any) -> str:
     """The checkpoint-ranking key of a config: ``val_<train.select_metric>`` (``val_miou``)."""
     return f"val_{config.train.select_metric}"
+
+
+def run_selection_metric(workdir: str | os.PathLike, default: str = DEFAULT_BEST_METRIC) -> str:
+    """The checkpoint-ranking key a finished or running training run used (``val_mae`` for a
+    run trained with ``select_metric=mae``), read from its latest checkpoint's config; ``default``
+    when no checkpoint records one. Readers of another run's checkpoints (stage 2) rank them so.
+    """
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        latest = ckpt.latest_step()
+        if latest is None:
+            return default
+        saved = (ckpt.read_meta(latest).get("config") or {}).get("train") or {}
+    finally:
+        ckpt.close()
+    metric = saved.get("select_metric")
+    return f"val_{metric}" if metric else default
 
 
 def restore_for_inference(

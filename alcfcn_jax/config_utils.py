@@ -7,7 +7,9 @@ What a training config must hold, its defaults and its validation live in
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -62,3 +64,31 @@ def diff_configs(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "
         elif a != b:
             out.append(path)
     return out
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """``absl.app.run``'s ``flags_parser`` for the entry points: a bad ``--config.*`` override
+    (a misspelt key, a value of the wrong type) exits with one line naming the argument and
+    ml_collections' suggestion, not a traceback from inside the flag parser.
+    """
+    from absl import flags
+
+    try:
+        return flags.FLAGS(list(argv))
+    except flags.Error:
+        raise  # absl prints these as one line with the usage hint already
+    except Exception as err:  # noqa: BLE001 - config_flags raises many types
+        text = " ".join(str(err).replace("\\n", " ").replace("\n", " ").split())
+        text = text.strip("'\"").replace("\\'", "'")
+        key = re.search(r"'([A-Za-z_][\w]*)'", text)
+        arg = None
+        if key:
+            arg = next((a for a in argv if re.search(rf"\.{key.group(1)}(=|$)", a)), None)
+        arg = arg or next((a for a in argv[1:] if a.startswith("--config.")), "")
+        hint = re.search(r'Did you mean "([^"]+)"', text)
+        if key and hint:
+            line = f"{arg}: no config key {key.group(1)!r}; did you mean {hint.group(1)!r}?"
+        else:
+            line = f"{arg}: {text}" if arg else text
+        print(f"FATAL Flags parsing error: {line}", file=sys.stderr)
+        sys.exit(2)

@@ -46,6 +46,37 @@ def atomic_write(
     return path
 
 
+class OutputDirError(OSError):
+    """An output folder cannot be created or written; the message names it and the flag."""
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str) -> pathlib.Path:
+    """Creates ``path`` if needed and proves it writable (a temporary file is created and
+    removed), before any expensive work whose results would go there.
+
+    Args:
+      path: the output folder.
+      what: how the user named it, for the message (e.g. ``"--output_dir"``).
+
+    Raises:
+      OutputDirError: ``path`` (or a parent) is a file, or the folder cannot be created or
+        written (read-only file system, permissions).
+    """
+    path = pathlib.Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"{what} {path} is a file, not a folder; give a folder path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write_test.", dir=path)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise OutputDirError(
+            f"{what} {path} is not writable ({e.strerror or e}); choose a writable folder"
+        ) from e
+    return path
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> pathlib.Path:
     """Writes text atomically; returns the path."""
     return atomic_write(path, lambda f: f.write(text), binary=False)

@@ -6,6 +6,7 @@ if __name__ == "__main__":
     from absl import app
 
     from alcfcn_jax.apps.predict import define_flags, main
+    from alcfcn_jax.config_utils import parse_flags
 
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -18,7 +18,9 @@ the results are written to ``--output_dir``:
                       and in model-input pixels (``*_px``), mean probability;
   * ``images.csv``    one row per image: original and model sizes, fish count (instances),
                       blob count (the evaluation's count), total fish area, mean fish length;
-  * ``instances/<name>.png``  16-bit instance labels at the original size (0 = background,
+  * ``instances/<name>.png``  (``<name>`` = the input's name with ``.png`` for its extension,
+                      or its full name + ``.png`` when two inputs share a stem; images.csv's
+                      ``instance_mask`` column says which) 16-bit instance labels at the original size (0 = background,
                       k = fish k of fish.csv);
   * ``overlays/<name>.png``   the image with each fish outlined, numbered, and its length drawn;
   * ``summary.json``  the checkpoint step, the settings and the totals.
@@ -43,10 +45,16 @@ from alcfcn_jax.apps import measure
 from alcfcn_jax.data import preprocess as pp
 from alcfcn_jax.data.errors import DataError
 from alcfcn_jax.eval import evaluation, metrics, viz
-from alcfcn_jax.io import csv_text, save_png_atomic, write_json_atomic, write_text_atomic
+from alcfcn_jax.io import (
+    csv_text,
+    ensure_writable_dir,
+    save_png_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from alcfcn_jax.models import outputs
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = pp.IMAGE_EXTENSIONS  # the project's one list (data.preprocess)
 _MEASURES = (
     "length",
     "width",
@@ -76,6 +84,7 @@ IMAGE_COLUMNS = (
     "blob_count",
     "fish_area_orig",
     "mean_length_orig",
+    "instance_mask",
 )
 
 
@@ -183,6 +192,36 @@ def _out_name(path: pathlib.Path, root: pathlib.Path) -> pathlib.Path:
     return path.relative_to(root).with_suffix(".png")
 
 
+def output_names(
+    files: Sequence[pathlib.Path], root: pathlib.Path
+) -> dict[pathlib.Path, pathlib.Path]:
+    """One distinct output name per input (``instances/`` and ``overlays/``).
+
+    An input's outputs are named ``<path under the input folder>.png`` with its extension
+    replaced (``frame1.jpg`` -> ``frame1.png``); when several inputs would share that name
+    (``frame1.jpg`` and ``frame1.png``) each keeps its full name instead (``frame1.jpg.png``,
+    ``frame1.png.png``), so no output overwrites another. ``images.csv`` names the input and its
+    mask file.
+
+    Raises:
+      ValueError: two inputs still map to one name (a pathological mix of names).
+    """
+    plain = {p: _out_name(p, root) for p in files}
+    seen: dict[pathlib.Path, int] = {}
+    for name in plain.values():
+        seen[name] = seen.get(name, 0) + 1
+    out = {}
+    for p, name in plain.items():
+        if seen[name] > 1:
+            rel = p.relative_to(root)
+            name = rel.with_name(rel.name + ".png")
+        out[p] = name
+    clashes = len(out) - len(set(out.values()))
+    if clashes:
+        raise ValueError(f"{root}: {clashes} input image(s) would share an output name")
+    return out
+
+
 def predict_folder(
     model: Any,
     input_dir: str | os.PathLike,
@@ -226,15 +265,17 @@ def predict_folder(
     root = pathlib.Path(input_dir).expanduser()
     out = pathlib.Path(output_dir).expanduser()
     files = list_images(root, recursive=recursive)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(out, "--output_dir")
     prep = preprocessing or pp.Preprocessing(short_side, "none")
     prob_fn = _fish_prob_fn(model)
     fish_rows: list[dict[str, Any]] = []
     image_rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     t0 = time.perf_counter()
+    names = output_names(files, root)
     for path in files:
-        name = _out_name(path, root)
+        name = names[path]
+        image_name = str(path.relative_to(root))
         try:
             original, prepared = preprocess(path, prep)
         except DataError as err:
@@ -256,10 +297,11 @@ def predict_folder(
         )
         blob_count = int(metrics.count_blobs(prob > threshold))
         for r in rows:
-            fish_rows.append({"image": str(name.with_suffix(path.suffix)), **r})
+            fish_rows.append({"image": image_name, **r})
         image_rows.append(
             {
-                "image": str(name.with_suffix(path.suffix)),
+                "image": image_name,
+                "instance_mask": str(pathlib.Path("instances") / name),
                 "width": original.shape[1],
                 "height": original.shape[0],
                 "model_width": image.shape[1],
@@ -277,7 +319,7 @@ def predict_folder(
             raise ValueError(f"{path}: more than 65535 fish cannot be stored in a 16-bit PNG")
         save_png_atomic(Image.fromarray(full_labels.astype(np.uint16)), out / "instances" / name)
         if overlays:
-            pic = draw_fish(original, full_labels, rows, title=str(name.with_suffix(path.suffix)))
+            pic = draw_fish(original, full_labels, rows, title=image_name)
             save_png_atomic(pic, out / "overlays" / name)
     write_text_atomic(
         out / "fish.csv", csv_text(fish_rows, FISH_COLUMNS, float_format=".4g", nonfinite=None)

@@ -48,7 +48,9 @@ from alcfcn_jax.data.pseudo_masks import (
     is_complete,
     mask_path,
     read_mask,
+    stale_reason,
 )
+from alcfcn_jax.data.source import example_ids
 from alcfcn_jax.eval import evaluation, inference, metrics
 from alcfcn_jax.eval.report import model_summary
 from alcfcn_jax.io import read_json, save_png_atomic, write_json_atomic
@@ -231,13 +233,21 @@ def write_pseudo_masks(
     out_dir = pathlib.Path(out_dir) if out_dir is not None else workdir / PSEUDO_MASK_SUBDIR
     run = inference.restore(config, workdir, which, mesh=mesh)
     existing = read_json(out_dir / MANIFEST)
-    if is_complete(existing, run.step, out_dir):
+    split = str(config.data.train_split)
+    source = run.source(split)
+    # The same "up to date" as stage 2's check (data.pseudo_masks.stale_reason): step and ids.
+    ids = example_ids(source)
+    if is_complete(existing, run.step, out_dir, ids, len(source)):
         logging.info(
             "pseudo masks in %s are up to date (step %d); nothing to do", out_dir, run.step
         )
         return existing
-    split = str(config.data.train_split)
-    source = run.source(split)
+    if existing is not None:
+        logging.info(
+            "pseudo masks in %s are not up to date: %s",
+            out_dir,
+            stale_reason(existing, run.step, out_dir, ids, len(source)),
+        )
     batches = run.batches(source, config.train.eval_batch_size)
     summary = {
         "checkpoint": str(which),

@@ -54,9 +54,17 @@ def _deepfish_root_and_tfds(cfg: Any) -> tuple[pathlib.Path, pathlib.Path]:
         root = pathlib.Path(cfg.data_dir).expanduser()
     tfds_dir = cfg.tfds_dir
     if not tfds_dir:
-        tfds_dir = synthetic.default_cache_dir() / "tensorflow_datasets"
         if cfg.dataset == "synthetic":
             tfds_dir = root / "tensorflow_datasets"
+        elif cfg.reader == "tfds":
+            # Keyed by the source tree (path + file listing): another folder, or this one after
+            # its files changed, is prepared anew instead of reusing data of another tree.
+            from alcfcn_jax.data.deepfish.source import source_fingerprint
+
+            key = source_fingerprint(root)[:16]
+            tfds_dir = synthetic.default_cache_dir() / "tensorflow_datasets" / f"deepfish-{key}"
+        else:
+            tfds_dir = synthetic.default_cache_dir() / "tensorflow_datasets"
     return root, pathlib.Path(tfds_dir).expanduser()
 
 

@@ -1,6 +1,6 @@
 """Folders of images with YOLO box files (e.g. the DeepFish frames Roboflow export).
 
-Layout: ``<dir>/images/<stem>.{jpg,jpeg,png}`` and ``<dir>/labels/<stem>.txt`` with one line
+Layout: ``<dir>/images/<stem>.<ext>`` (any of ``preprocess.IMAGE_EXTENSIONS``) and ``<dir>/labels/<stem>.txt`` with one line
 ``class cx cy w h`` per fish, normalised to [0, 1] by the stored image size; an empty file is an
 image without fish. If ``<dir>`` has ``train/`` and ``val/`` (or ``valid/``) subfolders in that
 layout they are the splits; otherwise images go to "val" when a stable hash of their stem falls
@@ -23,13 +23,14 @@ from typing import Any
 import numpy as np
 
 from alcfcn_jax.data import preprocess as pp
-from alcfcn_jax.data.errors import BadExamples, DataError
+from alcfcn_jax.data.errors import BadExamples, DataError, logger
 from alcfcn_jax.data.source import MappedSource
 
 # Re-exported: the letterbox detector lives with the rest of the preprocessing.
 detect_letterbox = pp.detect_letterbox
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# The project's one list of image extensions (``data.preprocess.IMAGE_EXTENSIONS``).
+IMAGE_SUFFIXES = pp.IMAGE_EXTENSIONS
 _ROBOFLOW = re.compile(r"_(jpg|jpeg|png)\.rf\.[0-9a-f]+$")
 
 
@@ -71,8 +72,11 @@ def read_yolo(path: pathlib.Path) -> np.ndarray:
             raise DataError(
                 f"{path}, line {n}: box centre ({cx}, {cy}) is outside the image [0, 1]"
             )
-        if not (w > 0 and h > 0):
-            raise DataError(f"{path}, line {n}: box width and height must be > 0, got {w}, {h}")
+        if not (0 < w <= 1.0 and 0 < h <= 1.0):
+            raise DataError(
+                f"{path}, line {n}: box width and height must be in (0, 1] (normalised by the "
+                f"image size), got {w}, {h}"
+            )
         boxes.append((cx, cy, w, h))
     return np.asarray(boxes, np.float64).reshape(-1, 4)
 
@@ -86,10 +90,28 @@ def list_images(folder: pathlib.Path) -> list[pathlib.Path]:
     img_dir = folder / "images"
     if not img_dir.is_dir():
         raise DataError(f"{img_dir}: folder not found (expected images/ and labels/ in {folder})")
-    files = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = pp.list_image_files(img_dir, str(img_dir))
     if not files:
         raise DataError(f"{img_dir}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     return files
+
+
+def report_orphan_labels(folder: pathlib.Path, images: list[pathlib.Path]) -> list[str]:
+    """Warns (count and first names) about label files with no image; returns their names."""
+    labels = folder / "labels"
+    if not labels.is_dir():
+        return []
+    stems = {p.stem for p in images}
+    orphans = sorted(p.name for p in labels.glob("*.txt") if p.stem not in stems)
+    if orphans:
+        logger.warning(
+            "%s: %d label file(s) have no image in %s and are ignored: %s",
+            labels,
+            len(orphans),
+            folder / "images",
+            ", ".join(orphans[:5]) + (" ..." if len(orphans) > 5 else ""),
+        )
+    return orphans
 
 
 def load_example(
@@ -118,9 +140,10 @@ def load_example(
     boxes = (boxes * np.array([sx, sy, sx, sy])).astype(np.float32)
     ys = np.clip(np.floor(np.clip(cy, 0, H - 1e-6) * sy), 0, h - 1).astype(np.int64)
     xs = np.clip(np.floor(np.clip(cx, 0, W - 1e-6) * sx), 0, w - 1).astype(np.int64)
+    fish = pp.place_points((h, w), np.stack([ys, xs], 1), str(img_path))
     ex = {
         "image": prepared.image,
-        "points": pp.point_map((h, w), np.stack([ys, xs], 1).astype(np.int32)),
+        "points": pp.point_map((h, w), fish),
         "mask": np.full((h, w), pp.IGNORE, np.int32),
         "count": np.int32(len(boxes_norm)),
         "habitat": pp.habitat_of(frame_id(img_path.stem)),
@@ -170,7 +193,9 @@ def box_source(
     if not root.is_dir():
         raise DataError(f"{root}: box folder not found (expected images/ and labels/ inside)")
     folder, keep = split_folder(root, split, float(val_percent))
-    files = [p for p in list_images(folder) if keep is None or keep(p.stem)]
+    all_files = list_images(folder)
+    report_orphan_labels(folder, all_files)
+    files = [p for p in all_files if keep is None or keep(p.stem)]
     skip = bool(skip_bad_examples)
     bad = BadExamples(skip, f"boxes {folder}")
     items = []
@@ -192,4 +217,6 @@ def box_source(
         fingerprint=lambda it: hashlib.sha256(it[0].read_bytes()).hexdigest(),
         settings={"reader": "boxes", **pp.Preprocessing(short, letterbox).to_dict()},
         label_count=lambda it: len(it[1]),
+        check=lambda it: pp.resized_size(*pp.check_image(it[0]), short),
+        example_id=lambda it: frame_id(it[0].stem),
     )

@@ -26,7 +26,9 @@ DeepFish-layout datasets ("deepfish", "synthetic"):
   config_name: training subset, "fish_loc" (clicked points; A-LCFCN) or "fish_seg" (points
     from masks). Evaluation splits always read FishSeg val/test masks.
   eval_config: subset of the evaluation splits ("fish_seg").
-  tfds_dir: where TFDS prepares array_record files ("" = ``<cache>/tensorflow_datasets``).
+  tfds_dir: where TFDS prepares array_record files ("" = ``<cache>/tensorflow_datasets/
+    deepfish-<key>``, keyed by the source tree's path and file listing). A folder records the
+    tree it was prepared from (``alcfcn_source.json``) and refuses another one.
   reader: "tfds" (prepare once, read with ``tfds.data_source``) or "raw" (read the tree
     directly; same preprocessing, no preparation step).
   point_placement: "centroid" (reference) or "edt_max" for points derived from masks.
@@ -87,6 +89,9 @@ _SYNTHETIC: dict[str, Any] = {
 }
 
 
+_NONE_TYPES = {"image_short_side": int, "fixed_size": tuple}
+
+
 def defaults(dataset: str) -> dict[str, Any]:
     """The default value of every field for ``dataset`` (a plain dict)."""
     if dataset not in DATASETS:
@@ -108,6 +113,11 @@ def defaults(dataset: str) -> dict[str, Any]:
 def default_data_config(dataset: str = "deepfish") -> ml_collections.ConfigDict:
     """The data config for ``dataset`` with every field at its default (see module doc)."""
     cfg = ml_collections.ConfigDict(defaults(dataset))
+    # Fields whose default is None are typed, so a command line can override them
+    # (``--config.data.image_short_side=32``); None stays a valid value.
+    for key, kind in _NONE_TYPES.items():
+        if key in cfg and cfg[key] is None:
+            cfg[key] = ml_collections.config_dict.placeholder(kind)
     return cfg
 
 

@@ -34,7 +34,9 @@ class BadExamples:
     def handle(self, err: DataError) -> None:
         """Raises ``err`` unless skipping; otherwise logs it and counts it."""
         if not self.skip:
-            raise err
+            raise DataError(
+                f"{err} (or set --config.data.skip_bad_examples=True to leave bad files out)"
+            ) from err
         self.skipped.append(str(err))
         logger.warning("skipping bad example (%s): %s", self.what, err)
 

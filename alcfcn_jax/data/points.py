@@ -1,12 +1,17 @@
 """Bring your own data: a folder of images plus one CSV of clicks.
 
-Layout: ``<data_dir>/images/<name>.{jpg,jpeg,png}`` and ``<data_dir>/points.csv`` (or
+Layout: ``<data_dir>/images/<name>.<ext>`` (``preprocess.IMAGE_EXTENSIONS``) and ``<data_dir>/points.csv`` (or
 ``data_cfg.points_csv``) with header ``image,x,y``: one row per clicked fish, ``image`` the file
 name inside ``images/``, ``x``/``y`` pixel coordinates in the image as stored (x to the right,
 y down; fractional values allowed). An image without fish gets one row with empty ``x`` and
 ``y`` (``frame7.jpg,,``). Every image must be listed (an unlisted one raises rather than being
 silently taken as empty). An optional ``habitat`` column groups per-habitat results (default:
 the name up to the first ``_``). Splits: the fixed hash rule of :mod:`alcfcn_jax.data.boxes`.
+
+Duplicate clicks: a row repeating an earlier row's image, x and y is dropped with one warning
+naming the CSV lines (the count is the number of distinct clicks); distinct clicks that fall on
+one pixel after resizing keep a pixel each (``preprocess.place_points``), so ``count`` always
+equals the number of point pixels.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 
 from alcfcn_jax.data import preprocess as pp
 from alcfcn_jax.data.boxes import in_val, list_images
-from alcfcn_jax.data.errors import BadExamples, DataError
+from alcfcn_jax.data.errors import BadExamples, DataError, logger
 from alcfcn_jax.data.source import MappedSource
 
 
@@ -35,6 +40,8 @@ def read_clicks(path: pathlib.Path) -> tuple[dict[str, list[tuple[float, float]]
     if not path.is_file():
         raise DataError(f"{path}: clicks CSV not found (expected header 'image,x,y')")
     clicks: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    first_line: dict[tuple[str, float, float], int] = {}
+    duplicates: list[str] = []
     habitats: dict[str, str] = {}
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
@@ -64,8 +71,39 @@ def read_clicks(path: pathlib.Path) -> tuple[dict[str, list[tuple[float, float]]
                     f"{path}, line {n}: x and y must both be numbers (or both empty for an image "
                     f"without fish), got x={row['x']!r}, y={row['y']!r}"
                 )
+            if (name, x, y) in first_line:
+                duplicates.append(f"line {n} = line {first_line[name, x, y]} ({name})")
+                continue
+            first_line[name, x, y] = n
             clicks[name].append((x, y))
+    if duplicates:
+        logger.warning(
+            "%s: dropped %d duplicate click row(s) (same image, x and y as an earlier row; a "
+            "fish is counted once): %s",
+            path,
+            len(duplicates),
+            "; ".join(duplicates[:5]) + (" ..." if len(duplicates) > 5 else ""),
+        )
     return dict(clicks), habitats
+
+
+def _check_clicks(xy: np.ndarray, W: int, H: int, img_path, csv_path) -> None:
+    if len(xy):
+        out_of = (xy[:, 0] < 0) | (xy[:, 0] >= W) | (xy[:, 1] < 0) | (xy[:, 1] >= H)
+        if out_of.any():
+            x, y = xy[np.argmax(out_of)]
+            raise DataError(
+                f"{csv_path}: click ({x}, {y}) for {img_path.name} is outside the image "
+                f"(width {W}, height {H}; expected 0 <= x < {W}, 0 <= y < {H})"
+            )
+
+
+def check_example(item, short_side: int | None) -> tuple[int, int]:
+    """Cheap check of one item (image header and data, clicks in bounds); model-input (h, w)."""
+    img_path, xy, _, csv_path = item
+    H, W = pp.check_image(img_path)
+    _check_clicks(xy, W, H, img_path, csv_path)
+    return pp.resized_size(H, W, short_side)
 
 
 def load_example(
@@ -78,21 +116,15 @@ def load_example(
     """
     img = pp.load_image(img_path)
     H, W = img.height, img.width
-    if len(xy):
-        out_of = (xy[:, 0] < 0) | (xy[:, 0] >= W) | (xy[:, 1] < 0) | (xy[:, 1] >= H)
-        if out_of.any():
-            x, y = xy[np.argmax(out_of)]
-            raise DataError(
-                f"{csv_path}: click ({x}, {y}) for {img_path.name} is outside the image "
-                f"(width {W}, height {H}; expected 0 <= x < {W}, 0 <= y < {H})"
-            )
+    _check_clicks(xy, W, H, img_path, csv_path)
     img = pp.resize_image(img, short_side)
     h, w = img.height, img.width
     ys = np.minimum((xy[:, 1] * h / H).astype(np.int64), h - 1) if len(xy) else np.zeros(0, int)
     xs = np.minimum((xy[:, 0] * w / W).astype(np.int64), w - 1) if len(xy) else np.zeros(0, int)
+    fish = pp.place_points((h, w), np.stack([ys, xs], 1), f"{csv_path}: {img_path.name}")
     return {
         "image": pp.normalize(np.asarray(img, np.uint8)),
-        "points": pp.point_map((h, w), np.stack([ys, xs], 1).astype(np.int32)),
+        "points": pp.point_map((h, w), fish),
         "mask": np.full((h, w), pp.IGNORE, np.int32),
         "count": np.int32(len(xy)),
         "habitat": habitat,
@@ -153,5 +185,9 @@ def click_source(
         items.append(item)
     bad.summarize()
     return MappedSource(
-        items, lambda it: load_example(*it, short_side=short), f"points[{split}] {root}"
+        items,
+        lambda it: load_example(*it, short_side=short),
+        f"points[{split}] {root}",
+        check=lambda it: check_example(it, short),
+        example_id=lambda it: it[0].stem,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +23,11 @@ from PIL import Image
 from alcfcn_jax.data.errors import DataError
 from alcfcn_jax.labels import IGNORE
 
+logger = logging.getLogger("alcfcn_jax.data")
+
+# The one list of image file extensions of the project (case-insensitive): box and click folders,
+# ``predict`` and every listing of images use it.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LETTERBOX_MODES = ("crop", "mask", "none")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -56,7 +62,141 @@ def load_image(source: str | pathlib.Path | bytes, name: str | None = None) -> I
         raise DataError(f"{label}: image file not found") from e
     except Exception as e:  # PIL raises several types for corrupt files
         raise DataError(f"{label}: cannot decode image ({type(e).__name__}: {e})") from e
+    return to_rgb8(img, label)
+
+
+# 16-bit greyscale modes: scaled to 8 bits by their full range (v / 257), not clipped.
+_MODES_16 = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def check_image(path: pathlib.Path, short_side: int | None = None) -> tuple[int, int]:
+    """Checks that an image file decodes, cheaply, and returns its stored (H, W).
+
+    JPEGs are decoded at 1/8 scale (``draft``: every byte is still read, so truncation and
+    corrupt data show), other formats verified (PNG checksums); modes with no 8-bit meaning are
+    refused as :func:`to_rgb8` would.
+
+    Raises:
+      DataError: missing, undecodable or unsupported file; the message names it.
+    """
+    try:
+        with Image.open(path) as im:
+            size = (im.height, im.width)
+            mode = im.mode
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+                im.load()
+            else:
+                im.verify()
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: image file not found") from e
+    except Exception as e:  # noqa: BLE001 - PIL raises several types for corrupt files
+        raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
+    if mode.startswith("F"):
+        raise DataError(
+            f"{path}: image mode {mode!r} (floating point or 32-bit) has no defined 8-bit "
+            "scaling; export it as an 8-bit or 16-bit image"
+        )
+    return size
+
+
+def to_rgb8(img: Image.Image, label: str = "image") -> Image.Image:
+    """An 8-bit RGB copy of a decoded image.
+
+    8-bit modes (L, P, RGB, RGBA, CMYK, ...) convert as PIL does. 16-bit greyscale (PNG/TIFF
+    ``I;16*``, or mode ``I`` with values in 0..65535) is scaled by its full range,
+    ``round(v / 257)``, so 65535 -> 255 and mid-grey stays mid-grey (PIL's own conversion clips
+    everything above 255 to white).
+
+    Raises:
+      DataError: a mode with no defined 8-bit meaning (floating point, or 32-bit integers outside
+        0..65535); the message names the file and asks for an 8- or 16-bit export.
+    """
+    if img.mode in ("RGB",):
+        return img
+    if img.mode in _MODES_16 or img.mode == "I":
+        arr = np.asarray(img).astype(np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise DataError(
+                f"{label}: 32-bit integer image with values {arr.min()}..{arr.max()} (expected an "
+                "8-bit or 16-bit image); export it as 8-bit RGB"
+            )
+        u8 = np.round(arr / 257.0).astype(np.uint8)
+        return Image.fromarray(u8, "L").convert("RGB")
+    if img.mode.startswith(("F", "I")):
+        raise DataError(
+            f"{label}: image mode {img.mode!r} (floating point or 32-bit) has no defined 8-bit "
+            "scaling; export it as an 8-bit or 16-bit image"
+        )
     return img.convert("RGB")
+
+
+def list_image_files(folder: pathlib.Path, what: str) -> list[pathlib.Path]:
+    """Sorted image files of ``folder`` (by :data:`IMAGE_EXTENSIONS`); every other file there
+    is reported in one warning (count and first names), never skipped silently."""
+    files, others = [], []
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        (files if p.suffix.lower() in IMAGE_EXTENSIONS else others).append(p)
+    if others:
+        logger.warning(
+            "%s: ignoring %d file(s) that are not images (%s): %s",
+            what,
+            len(others),
+            ", ".join(IMAGE_EXTENSIONS),
+            ", ".join(p.name for p in others[:5]) + (" ..." if len(others) > 5 else ""),
+        )
+    return files
+
+
+def place_points(shape: tuple[int, int], yx: np.ndarray, name: str = "") -> np.ndarray:
+    """Distinct clicks as distinct pixels: the rule wherever clicks become point pixels.
+
+    A click that lands on the pixel of an earlier one after resizing (two fish closer than a
+    pixel of the resized image) moves to the nearest free pixel (Chebyshev rings, first free in
+    row-major order), so the point map holds exactly one pixel per counted fish; a warning names
+    the image. Exact duplicate clicks are removed by the readers before this (see
+    ``data.points.read_clicks``).
+    """
+    yx = np.asarray(yx, np.int64).reshape(-1, 2)
+    h, w = shape
+    taken: set[tuple[int, int]] = set()
+    out = yx.copy()
+    moved = 0
+    for i, (y, x) in enumerate(yx):
+        if (int(y), int(x)) not in taken:
+            taken.add((int(y), int(x)))
+            continue
+        found = None
+        for r in range(1, max(h, w)):
+            for dy in range(-r, r + 1):
+                for dx in range(-r, r + 1):
+                    if max(abs(dy), abs(dx)) != r:
+                        continue
+                    yy, xx = int(y) + dy, int(x) + dx
+                    if 0 <= yy < h and 0 <= xx < w and (yy, xx) not in taken:
+                        found = (yy, xx)
+                        break
+                if found:
+                    break
+            if found:
+                break
+        if found is None:
+            raise DataError(f"{name}: more clicks ({len(yx)}) than pixels ({h}x{w})")
+        taken.add(found)
+        out[i] = found
+        moved += 1
+    if moved:
+        logger.warning(
+            "%s: %d click(s) fell on the pixel of another after resizing to %dx%d; each was moved "
+            "to the nearest free pixel so the point map keeps one pixel per fish",
+            name or "image",
+            moved,
+            h,
+            w,
+        )
+    return out.astype(np.int32)
 
 
 def load_gray(path: str | pathlib.Path, what: str) -> np.ndarray:

@@ -110,11 +110,57 @@ def stage1_workdir(config: Any) -> pathlib.Path | None:
     return pathlib.Path(str(config.stage1.workdir)).expanduser()
 
 
-def is_complete(manifest: Mapping[str, Any] | None, step: int, out_dir: pathlib.Path) -> bool:
-    """The manifest is from checkpoint ``step`` and every mask it lists exists."""
-    if manifest is None or int(manifest.get("checkpoint_step", -1)) != int(step):
-        return False
-    return all(mask_path(out_dir, i).exists() for i in manifest.get("ids", []))
+def stale_reason(
+    manifest: Mapping[str, Any] | None,
+    step: int | None,
+    out_dir: pathlib.Path,
+    ids: Sequence[str] | None = None,
+    n_images: int | None = None,
+) -> str | None:
+    """The one definition of "up to date", shared by the writer and stage 2: why the masks in
+    ``out_dir`` are not up to date, or None when they are.
+
+    Up to date = a manifest from checkpoint ``step`` (None: any step) that lists every id of
+    ``ids`` (the training images now; None: not checked) with each listed mask on disk. When a
+    reader cannot list ids without decoding, ``n_images`` (the training images now) is compared
+    with the number of masks instead.
+    """
+    if manifest is None:
+        return "no manifest"
+    saved = int(manifest.get("checkpoint_step", -1))
+    if step is not None and saved != int(step):
+        return f"the masks come from checkpoint step {saved}, not {step}"
+    listed = [str(i) for i in manifest.get("ids", [])]
+    if ids is not None:
+        have = set(listed)
+        new = [i for i in ids if str(i) not in have]
+        if new:
+            return (
+                f"{len(new)} training image(s) have no mask (the training set changed since the "
+                f"masks were written), e.g. {new[0]!r}"
+            )
+    elif n_images is not None and len(listed) < int(n_images):
+        return (
+            f"the manifest lists {len(listed)} pseudo masks but the training split has "
+            f"{n_images} images (the training set changed since the masks were written)"
+        )
+    missing = [i for i in listed if not mask_path(out_dir, i).exists()]
+    if missing:
+        return (
+            f"{len(missing)} mask file(s) listed in the manifest are missing, e.g. {missing[0]!r}"
+        )
+    return None
+
+
+def is_complete(
+    manifest: Mapping[str, Any] | None,
+    step: int,
+    out_dir: pathlib.Path,
+    ids: Sequence[str] | None = None,
+    n_images: int | None = None,
+) -> bool:
+    """The masks are up to date (:func:`stale_reason` is None)."""
+    return stale_reason(manifest, step, out_dir, ids, n_images) is None
 
 
 def read_mask(path: pathlib.Path) -> np.ndarray:
@@ -125,20 +171,25 @@ def read_mask(path: pathlib.Path) -> np.ndarray:
         return (np.asarray(im.convert("L")) > 127).astype(np.int64)
 
 
-def check_coverage(n_train: int, manifest: dict[str, Any] | None, mask_dir: Any) -> None:
-    """Raises StalePseudoMasksError when the manifest lists fewer masks than training images.
+def check_coverage(
+    n_train: int,
+    manifest: dict[str, Any] | None,
+    mask_dir: Any,
+    ids: Sequence[str] | None = None,
+) -> None:
+    """Raises StalePseudoMasksError when the masks do not cover the training images: by
+    :func:`stale_reason` with the training ``ids`` when known, else by count.
 
     A cheap early check (no image is read); a single missing file would otherwise only surface
     when its example is first drawn, possibly hours into training.
     """
     if manifest is None:
         return
-    n_masks = len(manifest.get("ids", ()))
-    if n_masks < n_train:
+    reason = stale_reason(manifest, None, pathlib.Path(mask_dir), ids, n_train)
+    if reason:
         raise StalePseudoMasksError(
-            f"{mask_dir}: the manifest lists {n_masks} pseudo masks but the training split has "
-            f"{n_train} images; the masks were written for another split or dataset - "
-            "regenerate them with evaluate.py --mode=pseudo_masks"
+            f"{mask_dir}: the pseudo masks are not up to date: {reason}; regenerate them with "
+            "evaluate.py --mode=pseudo_masks"
         )
 
 

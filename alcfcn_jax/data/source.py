@@ -28,6 +28,9 @@ class MappedSource(Sequence):
       settings: see ``fingerprint``.
       label_count: optional ``descriptor -> int``, the example's ``count`` without loading it
         (e.g. the number of boxes in its label file); see :func:`example_count`.
+      check: optional ``descriptor -> (h, w) | None`` that checks an example's files cheaply and
+        raises DataError (see :func:`validate_source`).
+      example_id: optional ``descriptor -> str``, the example's ``id`` without loading it.
     """
 
     def __init__(
@@ -39,6 +42,8 @@ class MappedSource(Sequence):
         fingerprint: Callable[[Any], str] | None = None,
         settings: dict[str, Any] | None = None,
         label_count: Callable[[Any], int] | None = None,
+        check: Callable[[Any], tuple[int, int] | None] | None = None,
+        example_id: Callable[[Any], str] | None = None,
     ) -> None:
         self.items = list(items)
         self._load = load
@@ -46,6 +51,13 @@ class MappedSource(Sequence):
         self._fingerprint = fingerprint
         self.settings = settings
         self._label_count = label_count
+        self._check = check
+        self._example_id = example_id
+
+    def check(self, index: int) -> tuple[int, int] | None:
+        """Checks the example's files without building it (cheap: headers, labels, clicks in
+        bounds); returns the model-input (h, w) when known. Raises DataError naming the file."""
+        return None if self._check is None else self._check(self.items[index])
 
     def fingerprint(self, index: int) -> str | None:
         """The example's content fingerprint (see the class doc), or None if it has none."""
@@ -79,3 +91,78 @@ def example_count(source: Sequence[Example], index: int) -> int:
         if n is not None:
             return int(n)
     return int(source[index]["count"])
+
+
+# Above this many model-input pixels an image warns: activations (and peak memory) grow with it.
+LARGE_IMAGE_PIXELS = 4_000_000
+SKIP_HINT = "set --config.data.skip_bad_examples=True to leave bad files out (with a warning each)"
+
+
+def validate_source(source: Sequence[Example], what: str) -> int:
+    """Checks every file a source will read, before training starts (issue: a corrupt file
+    found hours into a run).
+
+    Walks down wrapping sources (``.source``: budget subsets, pseudo masks) to the reader's
+    :class:`MappedSource` and calls its ``check`` on every item, logging progress on large
+    folders; warns once about images above :data:`LARGE_IMAGE_PIXELS` model-input pixels.
+    Sources without checks (TFDS-prepared data, decoded when prepared) pass.
+
+    Returns:
+      The number of items checked.
+
+    Raises:
+      DataError: the first bad file, with the count checked so far and the
+        ``data.skip_bad_examples`` hint.
+    """
+    from alcfcn_jax.data.errors import DataError, logger
+
+    base = source
+    while not isinstance(base, MappedSource) and hasattr(base, "source"):
+        base = base.source
+    if not isinstance(base, MappedSource) or base._check is None:
+        return 0
+    n = len(base)
+    large: list[str] = []
+    every = max(1, n // 10)
+    for i in range(n):
+        try:
+            size = base.check(i)
+        except DataError as err:
+            raise DataError(
+                f"{err} (found checking {what} before training, file {i + 1} of {n}; fix or "
+                f"remove it, or {SKIP_HINT})"
+            ) from err
+        if size is not None and size[0] * size[1] > LARGE_IMAGE_PIXELS:
+            large.append(
+                f"{base.items[i][0] if isinstance(base.items[i], tuple) else i} "
+                f"({size[1]}x{size[0]})"
+            )
+        if n >= 500 and (i + 1) % every == 0:
+            logger.info("%s: checked %d of %d files (%d%%)", what, i + 1, n, 100 * (i + 1) // n)
+    if large:
+        logger.warning(
+            "%s: %d image(s) are over %.0f MP as the model sees them, e.g. %s: peak memory grows "
+            "with image size; set data.image_short_side (e.g. 512) to resize them",
+            what,
+            len(large),
+            LARGE_IMAGE_PIXELS / 1e6,
+            large[0],
+        )
+    return n
+
+
+def example_ids(source: Sequence[Example]) -> list[str] | None:
+    """Every example's ``id`` in order, read without decoding images where the reader can
+    (through budget subsets and pseudo-mask wrappers); None when it cannot."""
+    if isinstance(source, MappedSource):
+        if source._example_id is None:
+            return None
+        return [str(source._example_id(it)) for it in source.items]
+    inner = getattr(source, "source", None)
+    if inner is None:
+        return None
+    ids = example_ids(inner)
+    if ids is None:
+        return None
+    indices = getattr(source, "indices", None)
+    return ids if indices is None else [ids[i] for i in indices]

@@ -22,7 +22,14 @@ import jax
 import numpy as np
 from absl import logging
 
-from alcfcn_jax.io import csv_text, json_safe, save_png_atomic, write_json_atomic, write_text_atomic
+from alcfcn_jax.io import (
+    csv_text,
+    ensure_writable_dir,
+    json_safe,
+    save_png_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from alcfcn_jax.models import outputs
 
 # The A-LCFCN paper's Table 1 (DeepFish FishSeg test mIoU).
@@ -215,6 +222,11 @@ def write_overlays(
     return written
 
 
+def default_output_dir(workdir: str | os.PathLike, split: str, walk: bool = True) -> pathlib.Path:
+    """``<workdir>/eval/<split>`` (``<split>_nowalk`` without the random walk)."""
+    return pathlib.Path(workdir) / "eval" / (split if walk else f"{split}_nowalk")
+
+
 def run_evaluation(
     config: Any,
     workdir: str | os.PathLike,
@@ -224,8 +236,12 @@ def run_evaluation(
     num_overlays: int = 8,
     mesh: jax.sharding.Mesh | None = None,
     walk: bool = True,
+    output_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Restores a checkpoint, evaluates a split, writes the outputs (process 0). Returns metrics.
+
+    The output folder is created and checked writable first (nothing is computed for results
+    that could not be saved).
 
     Args:
       config: the training config (``config.model`` must match the checkpoint).
@@ -236,10 +252,20 @@ def run_evaluation(
       mesh: the device mesh (default: every device).
       walk: ``False`` evaluates an A-LCFCN model's activation branch alone (no random walk) and
         writes to ``<workdir>/eval/<split>_nowalk/``: what the walk adds, measured.
+      output_dir: where the outputs go (default ``<workdir>/eval/<split>[_nowalk]``; for a
+        read-only workdir).
+
+    Raises:
+      alcfcn_jax.io.OutputDirError: the output folder cannot be written (checked first).
     """
     from alcfcn_jax.eval import evaluation, inference
 
     workdir = pathlib.Path(workdir)
+    out_dir = pathlib.Path(output_dir) if output_dir else default_output_dir(workdir, split, walk)
+    if jax.process_index() == 0:
+        ensure_writable_dir(
+            out_dir, "--output_dir" if output_dir else "the evaluation output folder (--output_dir)"
+        )
     run = inference.restore(config, workdir, which, mesh=mesh)
     model, step, ckpt_meta = run.model, run.step, run.meta
     if not walk:
@@ -252,7 +278,6 @@ def run_evaluation(
         raise ValueError(f"split {split!r} ({split_name!r}) of {config.data.dataset!r} is empty")
     batches = run.batches(source, config.train.eval_batch_size)
     result = evaluation.evaluate(model, batches, mesh=run.mesh, per_image=True, boxes=run.boxes)
-    out_dir = workdir / "eval" / (split if walk else f"{split}_nowalk")
     meta = {
         "method": method_name(config),
         "dataset": str(config.data.dataset),

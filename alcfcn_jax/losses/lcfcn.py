@@ -131,6 +131,11 @@ def target_maps(probs: jax.Array, points: jax.Array, *, per_term: bool = False, 
         # Eager call: fail before any device/host work with the host validator's message.
         lcfcn_targets.validate_inputs(np.asarray(probs), np.asarray(points), batched=True)
     p = jax.lax.stop_gradient(probs).astype(jnp.float32)
+    # Non-finite probabilities (diverged weights) never reach the host: the callback would fail
+    # with a bare runtime error. They get placeholder targets here, and the loss, computed from
+    # the original probabilities, is non-finite, so the train step reports it (``nonfinite``)
+    # and the loop stops naming the step.
+    p = jnp.where(jnp.isfinite(p), p, 0.0)
     pts = points.astype(jnp.int32)
     n_ch = len(CHANNELS) if per_term else 2
 

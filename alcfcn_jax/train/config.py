@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+from absl import logging
 
 from alcfcn_jax.config_utils import ConfigError, to_plain
 from alcfcn_jax.data.config import defaults as data_defaults
@@ -29,6 +30,10 @@ from alcfcn_jax.models import (
 from alcfcn_jax.train.optim import OPTIMIZERS, SCHEDULES
 
 SELECT_METRICS = ("miou", "iou_fish", "mae", "rmse", "game")
+# Selection metrics computed from masks, and the datasets whose validation split has none (box
+# and click folders): ``resolve`` picks "mae" for those.
+MASK_METRICS = ("miou", "iou_fish")
+DATASETS_WITHOUT_MASKS = ("sample", "boxes", "points")
 REQUIRED_SECTIONS = ("model", "loss", "data", "optim", "train")
 FEATURE_CACHE_MODES = ("off", "auto", "memory", "disk")
 # Keys a config may lack (configs written before they existed): ``resolve`` fills these values,
@@ -216,6 +221,16 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for key, value in data_defaults(str(out.data.dataset)).items():
         if key not in out.data:
             out.data[key] = value
+    dataset = str(out.data.dataset)
+    if dataset in DATASETS_WITHOUT_MASKS and out.train.select_metric in MASK_METRICS:
+        # No validation masks: mIoU is never finite, so no best checkpoint would ever be chosen.
+        logging.warning(
+            "config.train.select_metric=%r needs segmentation masks, which dataset %r has not; "
+            "selecting the best checkpoint by 'mae' (count error) instead",
+            out.train.select_metric,
+            dataset,
+        )
+        out.train.select_metric = "mae"
     return out
 
 

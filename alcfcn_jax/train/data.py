@@ -1,6 +1,7 @@
 """The data of one training run: sources, the training iterator, evaluation batches.
 
-:func:`build` reads the training and validation splits, applies the annotation budget
+:func:`build` reads the training and validation splits, checks every file they will read
+(``data.source.validate_source``: a bad file fails before the first step), applies the annotation budget
 (``config.budget``) and, for stage 2 of the pseudo-mask pipeline, stage 1's pseudo masks (checked
 against stage 1's current best checkpoint before any image is read); :func:`attach_feature_cache`
 swaps the sources for the frozen trunk's cached taps when that cache applies.
@@ -18,10 +19,16 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from alcfcn_jax.checkpoint import Checkpointer, CheckpointError, checkpoint_dir
+from alcfcn_jax.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    checkpoint_dir,
+    run_selection_metric,
+)
 from alcfcn_jax.data import get_source, has_boxes, pipeline
 from alcfcn_jax.data import pseudo_masks as pm
 from alcfcn_jax.data.budget import budget_subset
+from alcfcn_jax.data.source import example_ids, validate_source
 from alcfcn_jax.train import feature_cache
 
 
@@ -71,8 +78,11 @@ def build(config: Any, *, local_batch: int, eval_batch_local: int) -> TrainData:
             n_fish=int(config.budget.n_fish),
             seed=int(config.budget.seed),
         )
-    pm.check_coverage(len(train), manifest, data_cfg.pseudo_mask_dir)
+    pm.check_coverage(len(train), manifest, data_cfg.pseudo_mask_dir, example_ids(train))
     val = get_source(data_cfg, data_cfg.val_split)
+    # Every file the run will read is checked now, not when first drawn hours later.
+    validate_source(train, f"training split {data_cfg.train_split!r}")
+    validate_source(val, f"validation split {data_cfg.val_split!r}")
     logging.info("Data: %d training and %d validation images", len(train), len(val))
     data = TrainData(data_cfg, train, val, eval_batch_local, train_input=train)
     return _with_iterator(data, config, local_batch)
@@ -122,7 +132,8 @@ def _expected_step(config: Any) -> int | None:
             stage1,
         )
         return None
-    ckpt = Checkpointer(stage1, read_only=True)
+    # Stage 1's best step by stage 1's own metric (a run selected by MAE has no val_miou).
+    ckpt = Checkpointer(stage1, read_only=True, best_metric=run_selection_metric(stage1))
     try:
         return ckpt.resolve(str(config.stage1.which))
     except CheckpointError:

@@ -58,7 +58,7 @@ class _Window:
 
     def add(self, metrics: Mapping[str, float], *, data_s: float, step_s: float) -> None:
         for k, v in metrics.items():
-            if k in ("skipped", "nonfinite", "lr"):
+            if k in ("skipped", "nonfinite", "nonfinite_output", "lr"):
                 continue
             self.sums[k] = self.sums.get(k, 0.0) + float(v)
         self.skipped += int(metrics.get("skipped", 0.0) > 0)
@@ -121,6 +121,11 @@ def evaluate_split(
 
 
 def _nonfinite_message(step: int, metrics: Mapping[str, float]) -> str:
+    if metrics.get("nonfinite_output", 0.0) > 0:
+        return (
+            f"non-finite loss at step {step}: the model's outputs are NaN/inf (its weights "
+            f"diverged; param_norm={metrics.get('param_norm')})"
+        )
     bad = [k for k, v in metrics.items() if k.startswith("loss") and not math.isfinite(v)]
     terms = [k.removeprefix("loss_") for k in bad if k != "loss"]
     if terms:
@@ -146,18 +151,33 @@ def _stop_on_nonfinite(
 ) -> None:
     """Saves the last good state and raises FloatingPointError naming the step and the term.
 
-    The failed step left parameters and optimizer state untouched: they are kept as the
-    checkpoint of step - 1 with the data state before the batch, so a resume replays it.
+    The failed step left parameters and optimizer state untouched: when only the loss was
+    non-finite (a term on this batch) they are kept as the checkpoint of step - 1 with the data
+    state before the batch, so a resume replays it. When the model's outputs were already
+    non-finite (``nonfinite_output``: the weights diverged at an earlier step) that state is not
+    saved: the checkpoints already on disk are from before the divergence was seen.
     """
+    diverged = metrics.get("nonfinite_output", 0.0) > 0
     good = dict(state, step=jax.device_put(jnp.asarray(step - 1, jnp.int32), shd.replicated(mesh)))
-    if ckpt.latest_step() != step - 1 and step - 1 > 0:
+    if not diverged and ckpt.latest_step() != step - 1 and step - 1 > 0:
         save_state(ckpt, step - 1, good, config=config, best=best, data_state=data_state, val=None)
     ckpt.wait()
     message = _nonfinite_message(step, metrics)
     writer.write(step, {**metrics, "error": message}, kind="error")
+    latest = ckpt.latest_step()
+    if diverged:
+        where = (
+            f"the last checkpoint, saved before the divergence was seen, is step {latest} in "
+            f"{ckpt.directory}"
+            if latest is not None
+            else "no checkpoint was saved before the divergence"
+        )
+        raise FloatingPointError(
+            f"{message}. Training stopped; {where}. Lower optim.lr or set optim.clip_grad_norm."
+        )
     raise FloatingPointError(
         f"{message}. Training stopped; the last good checkpoint is step "
-        f"{ckpt.latest_step()} in {ckpt.directory}."
+        f"{latest} in {ckpt.directory}."
     )
 
 
@@ -166,7 +186,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Args:
       config: the experiment config, resolved (``train.config.resolve``; :func:`run` does it).
-      workdir: the run's directory (checkpoints, ``metrics.jsonl``, ``config.json``).
+      workdir: the run's directory (checkpoints, ``metrics.jsonl``, ``config.json``; the config
+        is written only after every resume check has passed).
 
     Returns:
       The final figures: ``step``, ``best`` (step and score), the last validation metrics and,
@@ -230,6 +251,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if data_state is not None:
                 data.iterator.set_state(data_state)
             logging.info("Resumed from %s at step %d", ckpt.directory, latest)
+        # Every check has passed (config, structure, data): only now does config.json change.
+        write_config(config, workdir)
+        if latest is not None:
             done = read_json(workdir_path / FINAL_FILE)
             if latest >= num_steps and done is not None and done.get("step") == latest:
                 logging.info("Run already finished at step %d; final figures: %s", latest, done)
@@ -399,11 +423,14 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> pathlib.Pat
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """The ``train.py`` entry: validate and resolve, log and save the config, train, evaluate."""
+    """The ``train.py`` entry: validate and resolve, log the config, train, evaluate.
+
+    ``config.json`` is written by :func:`train_and_evaluate` once the resume checks have passed,
+    so a refused resume leaves the workdir as it was.
+    """
     quiet_library_logs()
     config = resolve(config)
     logging.info("Config:\n%s", config_utils.config_to_json(config))
-    write_config(config, workdir)
     final = train_and_evaluate(config, workdir)
     logging.info("Final: %s", json.dumps(final, default=str))
     return final

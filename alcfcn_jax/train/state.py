@@ -19,7 +19,7 @@ from flax import nnx
 
 from alcfcn_jax import config_utils
 from alcfcn_jax import sharding as shd
-from alcfcn_jax.checkpoint import Checkpointer
+from alcfcn_jax.checkpoint import Checkpointer, CheckpointError
 from alcfcn_jax.data.preprocess import Preprocessing
 from alcfcn_jax.train.optim import make_optimizer, trainable_filter
 from alcfcn_jax.weights import build_pretrained
@@ -131,10 +131,29 @@ def restore_state(
     ckpt: Checkpointer, step: int, config: Any, state: TrainState, mesh: jax.sharding.Mesh
 ) -> tuple[TrainState, dict[str, Any], Any]:
     """The state saved at ``step`` (checked against ``config``), its meta and data state."""
-    ckpt.check_config(step, config)
-    model_state, opt_state, meta, data_state = ckpt.restore(
-        step, model_state=state["model"], opt_state=state["opt"]
-    )
+    saved_meta = ckpt.check_config(step, config)
+    try:
+        model_state, opt_state, meta, data_state = ckpt.restore(
+            step, model_state=state["model"], opt_state=state["opt"]
+        )
+    except CheckpointError as err:
+        # An optimizer-state mismatch comes from an optimizer setting that changes the state's
+        # shape (e.g. adding optim.clip_grad_norm): name the setting, not the state paths.
+        saved = (saved_meta.get("config") or {}).get("optim") or {}
+        current = config_utils.to_plain(config.optim)
+        changed = config_utils.diff_configs(saved, current, prefix="optim.")
+        if "optimizer state" not in str(err) or not changed:
+            raise
+        details = "; ".join(
+            f"config.{k}: checkpoint {saved.get(k.split('.', 1)[1], '<missing>')!r}, "
+            f"now {current.get(k.split('.', 1)[1], '<missing>')!r}"
+            for k in changed
+        )
+        raise CheckpointError(
+            f"cannot resume from step {step} in {ckpt.directory}: its optimizer state was saved "
+            f"with other optimizer settings ({details}). Resume with the checkpoint's values or "
+            "use a new --workdir."
+        ) from err
     rep = shd.replicated(mesh)
     restored = {
         "model": model_state,

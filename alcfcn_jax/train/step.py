@@ -101,7 +101,8 @@ def make_train_step(
     Returns:
       The step. Its metrics (replicated scalars): ``loss``, ``loss_<term>`` for LCFCN terms,
       ``grad_norm``, ``param_norm``, ``update_norm``, ``lr``, ``skipped`` (1.0 when the update was
-      not applied), ``nonfinite`` (1.0 when loss or gradient was NaN/inf).
+      not applied), ``nonfinite`` (1.0 when loss or gradient was NaN/inf), ``nonfinite_output``
+      (1.0 when the model's outputs themselves were NaN/inf: diverged weights).
     """
     compute = loss_fn or functools.partial(per_image_loss, loss_name)
 
@@ -120,6 +121,7 @@ def make_train_step(
                 logits = forward(m, batch, train=True, walk=walk)
             else:
                 logits, aux = forward(m, batch, train=True, walk=walk, return_aux=True)
+            outputs_ok = jnp.all(jnp.isfinite(logits))
             per_image, terms = compute(logits, batch)
             if affinity is not None:
                 labels = affinity_labels(
@@ -128,9 +130,9 @@ def make_train_step(
                 aff = affinity_loss(aux["aff_feats"], labels, radius=affinity.radius)
                 per_image = per_image + affinity.weight * aff
                 terms = {**terms, "affinity": aff}
-            return jnp.mean(per_image), {k: jnp.mean(v) for k, v in terms.items()}
+            return jnp.mean(per_image), ({k: jnp.mean(v) for k, v in terms.items()}, outputs_ok)
 
-        (loss, terms), grads = nnx.value_and_grad(
+        (loss, (terms, outputs_ok)), grads = nnx.value_and_grad(
             objective, argnums=nnx.DiffState(0, graphs.wrt), has_aux=True
         )(model)
         opt.update(model, grads)
@@ -159,6 +161,9 @@ def make_train_step(
             ),
             "skipped": 1.0 - apply.astype(jnp.float32),
             "nonfinite": 1.0 - finite.astype(jnp.float32),
+            # The model's own outputs were NaN/inf: its weights (the state before this step)
+            # have diverged, not just this batch's loss.
+            "nonfinite_output": 1.0 - outputs_ok.astype(jnp.float32),
         }
         new_state = {
             "model": nnx.state(model),

@@ -9,12 +9,16 @@ explicitly.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
+import os
 import pathlib
 
 from alcfcn_jax.data.deepfish import tree as tree_lib
 from alcfcn_jax.data.errors import BadExamples, DataError
 from alcfcn_jax.data.source import MappedSource
+from alcfcn_jax.io import write_text_atomic
 
 logger = logging.getLogger("alcfcn_jax.data")
 
@@ -35,6 +39,67 @@ def resolve_split(split: str, *, config_name: str, eval_config: str) -> tuple[st
     return subset, split
 
 
+SOURCE_MARKER = "alcfcn_source.json"
+
+
+def source_fingerprint(root: str | pathlib.Path) -> str:
+    """A key of a DeepFish tree: its resolved path and the listing (relative path and size) of
+    every file under ``Segmentation/`` and ``Localization/`` (sha256 hex). Stat only, no file
+    is read; a changed, added or removed file (or another folder) gives another key."""
+    root = pathlib.Path(root).expanduser().resolve()
+    h = hashlib.sha256(str(root).encode())
+    for sub in tree_lib.SUBSETS.values():
+        base = root / sub
+        if not base.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            rel = pathlib.Path(dirpath).relative_to(root)
+            for name in sorted(filenames):
+                size = os.stat(os.path.join(dirpath, name)).st_size
+                h.update(f"{rel / name}\t{size}\n".encode())
+    return h.hexdigest()
+
+
+def check_source_marker(tfds_dir: str | pathlib.Path, root: str | pathlib.Path, key: str) -> None:
+    """Refuses a ``tfds_dir`` prepared from another DeepFish tree; marks a fresh one.
+
+    Prepared data does not record its source inside TFDS (the builder's name and version do not
+    depend on it), so ``<tfds_dir>/alcfcn_source.json`` records the tree's path and
+    :func:`source_fingerprint`.
+
+    Raises:
+      DataError: the folder holds data prepared from another tree (or from this tree before its
+        files changed).
+    """
+    tfds_dir = pathlib.Path(tfds_dir).expanduser()
+    marker = tfds_dir / SOURCE_MARKER
+    root = pathlib.Path(root).expanduser().resolve()
+    if marker.is_file():
+        try:
+            saved = json.loads(marker.read_text())
+        except ValueError:
+            saved = {}
+        if saved.get("fingerprint") == key:
+            return
+        raise DataError(
+            f"data.tfds_dir {tfds_dir} holds DeepFish data prepared from "
+            f"{saved.get('root', '<unknown>')} (fingerprint {str(saved.get('fingerprint'))[:12]}), "
+            f"not from {root} as it is now (fingerprint {key[:12]}): a different folder or "
+            "changed files. Set data.tfds_dir to another folder (or leave it empty: the default "
+            "is keyed by the source), or delete this one to prepare it again"
+        )
+    tfds_dir.mkdir(parents=True, exist_ok=True)
+    if any((tfds_dir / "deepfish").glob("*")):
+        logger.warning(
+            "%s holds prepared DeepFish data with no record of its source; assuming it was "
+            "prepared from %s",
+            tfds_dir,
+            root,
+        )
+    write_text_atomic(marker, json.dumps({"root": str(root), "fingerprint": key}) + "\n")
+
+
 def prepare(
     root: str | pathlib.Path,
     tfds_dir: str | pathlib.Path,
@@ -44,13 +109,19 @@ def prepare(
     placement: str = "centroid",
     skip_bad_examples: bool = False,
 ):
-    """Prepares (once; idempotent) a subset as array_record files and returns the builder."""
+    """Prepares (once; idempotent) a subset as array_record files and returns the builder.
+
+    Raises:
+      DataError: a bad layout, or ``tfds_dir`` prepared from another tree
+        (:func:`check_source_marker`).
+    """
     import tensorflow_datasets as tfds  # deferred: importing TFDS costs ~1 s
 
     from alcfcn_jax.data.deepfish.deepfish_dataset_builder import DeepFish, config_for
 
     # Check the layout first so a wrong path is a DataError, not a TFDS traceback.
     tree_lib.DeepFishTree(root)
+    check_source_marker(tfds_dir, root, source_fingerprint(root))
     config = config_for(subset, short_side, placement)
     registered = {c.name for c in DeepFish.BUILDER_CONFIGS}
     builder = DeepFish(
@@ -125,4 +196,6 @@ def raw_source(root: str | pathlib.Path, subset: str, split: str, reading: Readi
             good.append(row)
         bad.summarize()
         rows = good
-    return MappedSource(rows, load, f"deepfish[{subset}/{sp}] read from {root}")
+    return MappedSource(
+        rows, load, f"deepfish[{subset}/{sp}] read from {root}", example_id=lambda row: row[0]
+    )

@@ -188,7 +188,9 @@ class DeepFishTree:
                     f"{lab_path}: point map has {len(ys)} non-zero pixel(s) but the CSV count "
                     f"for {image_id} is {count}"
                 )
-            pts = pp.scale_points(np.stack([ys, xs], 1), full, size)
+            pts = pp.place_points(
+                size, pp.scale_points(np.stack([ys, xs], 1), full, size), str(lab_path)
+            )
             rec.update(points=pts, count=len(ys))
         return rec
 
