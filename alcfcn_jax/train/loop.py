@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 from flax import nnx
 
@@ -149,7 +149,7 @@ def _stop_on_nonfinite(
     The failed step left parameters and optimizer state untouched: they are kept as the
     checkpoint of step - 1 with the data state before the batch, so a resume replays it.
     """
-    good = dict(state, step=jax.device_put(jnp.asarray(step - 1, jnp.int32), shd.replicated(mesh)))
+    good = dict(state, step=shd.put_replicated(np.asarray(step - 1, np.int32), mesh))
     if ckpt.latest_step() != step - 1 and step - 1 > 0:
         save_state(ckpt, step - 1, good, config=config, best=best, data_state=data_state, val=None)
     ckpt.wait()
