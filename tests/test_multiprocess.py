@@ -118,7 +118,8 @@ def runs(tmp_path_factory):
         out[f"log_{name}"] = _tail(logs / name, n)
         return codes
 
-    train = ["train.py", [CONFIG]]
+    # count_baseline: the median training count, each process reading its own slice.
+    train = ["train.py", [CONFIG, "--config.train.count_baseline=True"]]
     a, r, b = base / "A", base / "R", base / "B"
     run("A", 2, train[0], [*train[1], f"--workdir={a}"], 2, MP_DUMP_PARAMS=str(base / "A.npz"))
     run(
@@ -179,6 +180,11 @@ def test_two_processes_train_like_one_process_with_the_same_global_batches(runs)
     print(f"2 processes vs 1 process: max |param diff| {diff:.3g}, max |loss diff| {loss_diff:.3g}")
     assert diff <= 1e-6
     assert loss_diff <= 1e-6
+    final_a = json.loads((runs["base"] / "A" / "final.json").read_text())
+    final_r = json.loads((runs["base"] / "R" / "final.json").read_text())
+    base_a, base_r = final_a["count_baseline"], final_r["count_baseline"]
+    assert base_a["median_train_count"] == base_r["median_train_count"]
+    assert base_a["median_baseline_mae"] == base_r["median_baseline_mae"]
 
 
 def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_the_uninterrupted_run(runs):
