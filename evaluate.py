@@ -8,10 +8,10 @@
 overlays/); ``--mode=pseudo_masks`` writes ``<workdir>/pseudo_masks/`` for stage 2.
 """
 
-import os
-
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from alcfcn_jax import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (holds checkpoints/).")
@@ -31,6 +31,7 @@ _OUTPUT_DIR = flags.DEFINE_string(
     "workdir is read-only. Checked writable before anything is computed.",
 )
 flags.mark_flags_as_required(["config", "workdir"])
+distributed.define_flags()
 
 
 def _which(value: str) -> str | int:
@@ -46,13 +47,13 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
+    jax.config.parse_flags_with_absl()
+    # Multi-process: every process runs this program with the same flags (README).
+    distributed.initialize_from_flags()
     from alcfcn_jax.apps import pseudo_masks
     from alcfcn_jax.eval import report
     from alcfcn_jax.train.config import resolve
 
-    # Multi-host: every process runs this program; the coordinator comes from the environment.
-    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize()
     config = resolve(_CONFIG.value)
     which = _which(_CHECKPOINT.value)
     if _MODE.value == "pseudo_masks":

@@ -469,7 +469,11 @@ def run_selection_metric(workdir: str | os.PathLike, default: str = DEFAULT_BEST
 
 
 def restore_for_inference(
-    config: Any, workdir: str | os.PathLike, which: str | int = "best"
+    config: Any,
+    workdir: str | os.PathLike,
+    which: str | int = "best",
+    *,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[nnx.Module, int, dict[str, Any]]:
     """Builds the model of ``config.model`` and loads its weights from ``workdir/checkpoints``.
 
@@ -478,6 +482,8 @@ def restore_for_inference(
       workdir: the training run's directory.
       which: ``"best"`` (best validation score, ``config.train.select_metric``), ``"latest"`` or
         a step number.
+      mesh: restore every array replicated over this mesh (it may span processes: Orbax reads
+        each process's copies); None: onto this process's first device.
 
     Returns:
       ``(model, step, meta)``: the model with restored state (call it with ``train=False``), the
@@ -499,9 +505,12 @@ def restore_for_inference(
             lambda: build_model(model_cfg, rngs=nnx.Rngs(int(config.seed)))
         )
         graphdef, abstract_state = nnx.split(abstract_model)
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        if mesh is None:
+            target = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        else:
+            target = shd.replicated(mesh)
         abstract_state = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_state
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=target), abstract_state
         )
         model_state, _, meta, _ = ckpt.restore(
             step, model_state=abstract_state, opt_state=None, with_data=False

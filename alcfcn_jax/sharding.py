@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
+T = TypeVar("T")
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
@@ -74,6 +75,53 @@ def to_global(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict:
     return out
 
 
+def put_replicated(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Every array of ``tree`` replicated over ``mesh`` (every process passes the same values).
+
+    Leaves may be numpy arrays, Python scalars, or jax arrays on this process's devices (typed
+    PRNG keys included). On a mesh that spans processes a host value cannot be ``device_put``
+    onto devices of another process; each process instead supplies its copy
+    (``jax.make_array_from_process_local_data``). Arrays already on the target sharding pass
+    through untouched.
+    """
+    rep = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, rep)
+
+    def put(x):
+        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(rep, x.ndim):
+            return x
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            impl = jax.random.key_impl(x)
+            data = put(jax.random.key_data(x))
+            return jax.jit(lambda d: jax.random.wrap_key_data(d, impl=impl), out_shardings=rep)(
+                data
+            )
+        host = np.asarray(x)
+        return jax.make_array_from_process_local_data(rep, host, host.shape)
+
+    return jax.tree.map(put, tree)
+
+
+def localize(tree: Any) -> Any:
+    """A copy of ``tree`` whose arrays live on this process's first device only.
+
+    For work one process does alone (process 0 drawing overlays) on a state replicated over a
+    mesh that spans processes: a jitted call on such a state would wait for the other processes.
+    """
+    device = jax.local_devices()[0]
+
+    def local(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return x
+        for shard in x.addressable_shards:
+            if shard.device == device:
+                return shard.data
+        return x.addressable_data(0)
+
+    return jax.tree.map(local, tree)
+
+
 def to_host(x: jax.Array, mesh: jax.sharding.Mesh | None) -> np.ndarray:
     """This process's rows of a data-sharded global array, as numpy."""
     if mesh is None or jax.process_count() == 1:
@@ -116,14 +164,72 @@ def gather_json(obj: Any) -> list[Any]:
     return [json.loads(b.decode("utf-8")) for b in gather_bytes(json.dumps(obj).encode("utf-8"))]
 
 
-def gather_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Concatenates every process's arrays along axis 0, exactly (float64 stays float64)."""
+def interleave_order(lengths: list[int]) -> np.ndarray:
+    """Indices into the concatenation of per-process parts of ``lengths`` rows that deal them
+    round robin: process 0's first row, process 1's first row, ..., process 0's second row...
+
+    Rows of a source read as ``source[process_index::process_count]`` (``data.pipeline``) come
+    back in the source's own order, as on one process.
+    """
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    order = [
+        starts[p] + j
+        for j in range(max(lengths, default=0))
+        for p in range(len(lengths))
+        if j < lengths[p]
+    ]
+    return np.asarray(order, np.int64)
+
+
+def gather_arrays(
+    arrays: Mapping[str, np.ndarray], *, interleave: bool = False
+) -> dict[str, np.ndarray]:
+    """Concatenates every process's arrays along axis 0, exactly (float64 stays float64).
+
+    ``interleave``: rows dealt round robin over processes (:func:`interleave_order`) instead of
+    process after process; every array must then have the same number of rows.
+    """
     if jax.process_count() == 1:
         return {k: np.asarray(v) for k, v in arrays.items()}
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     parts = [np.load(io.BytesIO(b)) for b in gather_bytes(buf.getvalue())]
-    return {k: np.concatenate([p[k] for p in parts]) for k in arrays}
+    out = {k: np.concatenate([p[k] for p in parts]) for k in arrays}
+    if interleave and arrays:
+        first = next(iter(arrays))
+        order = interleave_order([len(p[first]) for p in parts])
+        out = {k: v[order] for k, v in out.items()}
+    return out
+
+
+def gather_list(items: list[Any], *, interleave: bool = False) -> list[Any]:
+    """Every process's JSON-able ``items`` in one list: process after process, or dealt round
+    robin (``interleave``, as :func:`gather_arrays`)."""
+    parts = gather_json(list(items))
+    flat = [x for part in parts for x in part]
+    if not interleave:
+        return flat
+    return [flat[i] for i in interleave_order([len(p) for p in parts])]
+
+
+def process_zero_first(name: str, fn: Callable[[], T]) -> T:
+    """Runs ``fn`` on process 0 first, then on the others (collective: every process calls it).
+
+    For preparations that write shared files (dataset builds, caches): process 0 builds while
+    the others wait at the barrier ``name``; they then call ``fn`` too, which finds the finished
+    files (shared storage) or builds its own copy (storage local to each host). When process 0
+    fails, the others are still released and try for themselves.
+    """
+    if jax.process_count() == 1:
+        return fn()
+    if jax.process_index() == 0:
+        try:
+            result = fn()
+        finally:
+            barrier(name)
+        return result
+    barrier(name)
+    return fn()
 
 
 def sum_processes(n: int) -> int:

@@ -18,6 +18,7 @@ LAYERS = {
     "labels": 0,
     "io": 0,
     "sharding": 0,
+    "distributed": 0,
     "config_utils": 0,
     "models": 1,
     "weights": 2,

@@ -37,10 +37,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
+from alcfcn_jax import distributed
+from alcfcn_jax import sharding as shd
 from alcfcn_jax.apps import measure
 from alcfcn_jax.data import preprocess as pp
 from alcfcn_jax.data.errors import DataError
@@ -364,13 +367,20 @@ def main(argv: Sequence[str]) -> None:
     del argv
     from absl import flags, logging
 
+    jax.config.parse_flags_with_absl()
+    distributed.initialize_from_flags()
     from alcfcn_jax import checkpoint
     from alcfcn_jax.train.config import resolve
 
     f = flags.FLAGS
     config = resolve(f.config)
     which = _parse_which(f.checkpoint)
+    # Every process restores onto its own first device; in a multi-process job process 0 does
+    # the (single-device) work and writes every file while the others wait.
     model, step, meta = checkpoint.restore_for_inference(config, f.workdir, which)
+    if jax.process_index() != 0:
+        shd.barrier("predict_done")
+        return
     summary = predict_folder(
         model,
         f.input_dir,
@@ -389,6 +399,7 @@ def main(argv: Sequence[str]) -> None:
         "%d fish in %d images -> %s", summary["num_fish"], summary["num_images"], f.output_dir
     )
     print(f"{summary['num_fish']} fish in {summary['num_images']} images -> {f.output_dir}")
+    shd.barrier("predict_done")
 
 
 def define_flags() -> None:
@@ -409,6 +420,7 @@ def define_flags() -> None:
     flags.DEFINE_bool("recursive", False, "Include images in subfolders.")
     flags.DEFINE_bool("skip_unreadable", False, "Skip undecodable images instead of stopping.")
     flags.mark_flags_as_required(["config", "workdir", "input_dir", "output_dir"])
+    distributed.define_flags()
 
 
 if __name__ == "__main__":

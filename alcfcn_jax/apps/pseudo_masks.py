@@ -175,8 +175,9 @@ def generate(
         "cf": np.asarray(cf_rows, np.int64).reshape(-1, 2, 2),
         "with_mask": np.asarray(with_mask, np.int64).reshape(-1),
     }
-    numeric = shd.gather_arrays(numeric)
-    all_ids = [i for part in shd.gather_json(ids) for i in part]
+    # In the source's order, as one process would list them (each read source[p::count]).
+    numeric = shd.gather_arrays(numeric, interleave=True)
+    all_ids = shd.gather_list(ids, interleave=True)
     n_written_all = shd.sum_processes(n_written)
     if len(all_ids) != expected_count or len(set(all_ids)) != len(all_ids):
         raise PseudoMaskError(
@@ -236,8 +237,9 @@ def write_pseudo_masks(
     split = str(config.data.train_split)
     source = run.source(split)
     # The same "up to date" as stage 2's check (data.pseudo_masks.stale_reason): step and ids.
+    # Process 0 decides for all: every process must take the same branch (collectives follow).
     ids = example_ids(source)
-    if is_complete(existing, run.step, out_dir, ids, len(source)):
+    if shd.gather_json(is_complete(existing, run.step, out_dir, ids, len(source)))[0]:
         logging.info(
             "pseudo masks in %s are up to date (step %d); nothing to do", out_dir, run.step
         )

@@ -44,7 +44,13 @@ def _deepfish_root_and_tfds(cfg: Any) -> tuple[pathlib.Path, pathlib.Path]:
         for k in ("seg_sizes", "loc_sizes"):
             spec_fields[k] = tuple(spec_fields[k])
         spec = synthetic.SyntheticSpec(**spec_fields)
-        root = synthetic.ensure_tree(cfg.data_dir or synthetic.default_cache_dir(), spec)
+        from alcfcn_jax import sharding as shd
+
+        # Process 0 writes the tree while the others wait (ensure_tree is also safe alone).
+        root = shd.process_zero_first(
+            "synthetic_tree",
+            lambda: synthetic.ensure_tree(cfg.data_dir or synthetic.default_cache_dir(), spec),
+        )
     else:
         if not cfg.data_dir:
             raise DataError(

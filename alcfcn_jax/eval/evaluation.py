@@ -371,11 +371,11 @@ def evaluate(
     }
     if boxes:
         numeric["box"] = np.asarray(rows["box"], np.int64).reshape(-1, 4)
-    # Every process's rows, exactly (multi-host; float64 stays float64).
-    numeric = shd.gather_arrays(numeric)
-    strings = {
-        k: [s for part in shd.gather_json(list(rows[k])) for s in part] for k in ("id", "habitat")
-    }
+    # Every process's rows, exactly (multi-host; float64 stays float64), dealt back into the
+    # source's order (each process read source[process_index::process_count]): the figures and
+    # the per-image rows are those of a single process, row for row.
+    numeric = shd.gather_arrays(numeric, interleave=True)
+    strings = {k: shd.gather_list(rows[k], interleave=True) for k in ("id", "habitat")}
     if len(strings["id"]) == 0:
         raise ValueError("evaluation got no images: the split is empty or every row was padding")
 

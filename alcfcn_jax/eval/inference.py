@@ -67,6 +67,9 @@ def restore(
     mesh: jax.sharding.Mesh | None = None,
 ) -> Restored:
     """Restores the checkpoint ``which`` of ``workdir`` for inference (see the module doc)."""
-    model, step, meta = checkpoint.restore_for_inference(config, str(workdir), which)
+    mesh = mesh or shd.make_mesh()
+    # Restored straight onto the mesh (replicated): on a multi-process mesh no process could
+    # move a local copy onto devices of another.
+    model, step, meta = checkpoint.restore_for_inference(config, str(workdir), which, mesh=mesh)
     data_cfg = with_preprocessing(config.data, checkpoint.recorded_preprocessing(meta, config))
-    return Restored(model, int(step), dict(meta or {}), data_cfg, mesh or shd.make_mesh())
+    return Restored(model, int(step), dict(meta or {}), data_cfg, mesh)

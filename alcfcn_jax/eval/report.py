@@ -183,12 +183,20 @@ def write_overlays(
     *,
     num: int,
 ) -> list[pathlib.Path]:
-    """Overlay PNGs of the first ``num`` examples of ``source`` (single device, batch 1)."""
-    import jax.numpy as jnp
+    """Overlay PNGs of the first ``num`` examples of ``source`` (single device, batch 1).
 
+    Runs on this process alone: a model replicated over a mesh that spans processes is copied
+    to this process's first device first (``sharding.localize``).
+    """
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from alcfcn_jax import sharding as shd
     from alcfcn_jax.data import preprocess as pp
     from alcfcn_jax.eval import evaluation, metrics, viz
 
+    graphdef, state = nnx.split(model)
+    model = nnx.merge(graphdef, shd.localize(state))
     fwd = evaluation.make_forward(model, return_aux=True)
     written = []
     for i in range(min(num, len(source))):

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 from flax import nnx
 
@@ -158,7 +158,7 @@ def _stop_on_nonfinite(
     saved: the checkpoints already on disk are from before the divergence was seen.
     """
     diverged = metrics.get("nonfinite_output", 0.0) > 0
-    good = dict(state, step=jax.device_put(jnp.asarray(step - 1, jnp.int32), shd.replicated(mesh)))
+    good = dict(state, step=shd.put_replicated(np.asarray(step - 1, np.int32), mesh))
     if not diverged and ckpt.latest_step() != step - 1 and step - 1 > 0:
         save_state(ckpt, step - 1, good, config=config, best=best, data_state=data_state, val=None)
     ckpt.wait()

@@ -70,7 +70,7 @@ def create_train_state(
         "step": jnp.zeros((), jnp.int32),
         "rng": jax.random.key(int(config.seed)),
     }
-    state = jax.device_put(state, shd.replicated(mesh))
+    state = shd.put_replicated(state, mesh)
     return Graphs(graph_model, graph_opt, wrt), state
 
 
@@ -130,7 +130,13 @@ def save_state(
 def restore_state(
     ckpt: Checkpointer, step: int, config: Any, state: TrainState, mesh: jax.sharding.Mesh
 ) -> tuple[TrainState, dict[str, Any], Any]:
-    """The state saved at ``step`` (checked against ``config``), its meta and data state."""
+    """The state saved at ``step`` (checked against ``config``), its meta and data state.
+
+    Every array lands on the sharding the run uses it with: model and optimizer state restored
+    by Orbax into the shardings of ``state`` (replicated over ``mesh``), the step and the rng key
+    built from the metadata on every process (``sharding.put_replicated``; a mesh may span
+    processes); the data state is this process's own iterator state.
+    """
     saved_meta = ckpt.check_config(step, config)
     try:
         model_state, opt_state, meta, data_state = ckpt.restore(
@@ -154,11 +160,12 @@ def restore_state(
             f"with other optimizer settings ({details}). Resume with the checkpoint's values or "
             "use a new --workdir."
         ) from err
-    rep = shd.replicated(mesh)
+    rng = jax.random.wrap_key_data(
+        np.asarray(meta["rng"], np.uint32), impl=jax.random.key_impl(state["rng"])
+    )
     restored = {
         "model": model_state,
         "opt": opt_state,
-        "step": jax.device_put(jnp.asarray(int(meta["step"]), jnp.int32), rep),
-        "rng": jax.device_put(jax.random.wrap_key_data(np.asarray(meta["rng"], np.uint32)), rep),
+        **shd.put_replicated({"step": np.asarray(int(meta["step"]), np.int32), "rng": rng}, mesh),
     }
     return restored, meta, data_state

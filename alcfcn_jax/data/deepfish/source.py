@@ -150,14 +150,24 @@ class Reading:
 def tfds_source(
     root: str | pathlib.Path, tfds_dir: str, subset: str, split: str, reading: Reading
 ) -> MappedSource:
-    """A source over a TFDS-prepared subset's split (prepared on first use)."""
-    builder = prepare(
-        root,
-        tfds_dir,
-        subset,
-        short_side=reading.short_side,
-        placement=reading.placement,
-        skip_bad_examples=reading.skip_bad_examples,
+    """A source over a TFDS-prepared subset's split (prepared on first use).
+
+    In a multi-process job process 0 prepares while the others wait, then they open the
+    finished files (or prepare their own where storage is not shared): TFDS's own staging
+    directory does not survive two concurrent builders. Every process must call this.
+    """
+    from alcfcn_jax import sharding as shd  # deferred: the readers import no JAX until here
+
+    builder = shd.process_zero_first(
+        "deepfish_tfds_prepare",
+        lambda: prepare(
+            root,
+            tfds_dir,
+            subset,
+            short_side=reading.short_side,
+            placement=reading.placement,
+            skip_bad_examples=reading.skip_bad_examples,
+        ),
     )
     sp = split
     ds = builder.as_data_source(split=sp)
