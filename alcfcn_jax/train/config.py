@@ -49,10 +49,22 @@ _OPTIONAL_MODEL_KEYS = (
     "output_stride",
     "affinity_widths",
     "trunk_taps",
+    "embedding_dim",
+    "embedding_width",
 )
 OPTIONAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {k: MODEL_DEFAULTS[k] for k in _OPTIONAL_MODEL_KEYS},
-    "loss": {"affinity_weight": 0.0, "affinity_fg": 0.7, "affinity_bg": 0.3},
+    "loss": {
+        "affinity_weight": 0.0,
+        "affinity_fg": 0.7,
+        "affinity_bg": 0.3,
+        # WISE embedding term (losses.embedding): weight 0 = off; pixels sampled per object,
+        # from the background, and the most objects per image.
+        "embedding_weight": 0.0,
+        "embedding_per_object": 8,
+        "embedding_background": 32,
+        "embedding_max_objects": 16,
+    },
     "optim": {"schedule": "constant", "clip_grad_norm": 0.0, "trunk_lr_mult": 1.0},
     "train": {
         "eval_at_start": False,
@@ -153,6 +165,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if name == "fcn8_vgg16" and config.model.with_affinity:
         raise ConfigError("config.model.with_affinity=True is only supported for model 'alcfcn'")
     _check_affinity_learning(config)
+    _check_embedding(config)
     _choice(config, "optim.name", OPTIMIZERS)
     _number(config, "optim.lr", minimum=0.0, strict=True)
     _number(config, "optim.weight_decay", minimum=0.0)
@@ -204,6 +217,28 @@ def _check_affinity_learning(config: ml_collections.ConfigDict) -> None:
     _choice(config, "train.feature_cache", FEATURE_CACHE_MODES)
     _choice(config, "train.feature_cache_dtype", ("float16", "float32"))
     _number(config, "train.feature_cache_memory_mb", minimum=0.0)
+
+
+def _check_embedding(config: ml_collections.ConfigDict) -> None:
+    """The optional WISE embedding keys (``model.embedding_*``, ``loss.embedding_*``)."""
+    dim = _int(config, "model.embedding_dim", minimum=0)
+    _int(config, "model.embedding_width", minimum=1)
+    if dim and config.model.name != "alcfcn":
+        raise ConfigError("config.model.embedding_dim > 0 is only supported for model 'alcfcn'")
+    weight = _number(config, "loss.embedding_weight", minimum=0.0)
+    for key in ("embedding_per_object", "embedding_max_objects"):
+        _int(config, f"loss.{key}", minimum=1)
+    _int(config, "loss.embedding_background", minimum=0)
+    if weight and not dim:
+        raise ConfigError(
+            "config.loss.embedding_weight > 0 trains the embedding branch: set "
+            "config.model.embedding_dim > 0 (e.g. 64)"
+        )
+    if weight and config.loss.name != "lcfcn":
+        raise ConfigError(
+            "config.loss.embedding_weight > 0 needs config.loss.name='lcfcn' (its proposals are "
+            "the model's blobs and the clicks)"
+        )
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
