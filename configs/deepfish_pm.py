@@ -43,4 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "allow_stale": False,
         }
     )
+    # Iterative rounds (alcfcn_jax/apps/rounds.py): R > 1 trains R stage-2 models in
+    # <workdir>/round_<r>/, each on the pseudo masks of the one before (round 1 on stage 1's).
+    config.pm = ml_collections.ConfigDict({"rounds": 1})
     return config
