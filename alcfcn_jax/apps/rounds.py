@@ -205,7 +205,7 @@ def render_table(summary: Mapping[str, Any]) -> str:
     if summary["stopped_early"]:
         lines.append(f"Stopped early: {summary['stop_reason']}.")
     elif summary["complete"]:
-        lines.append(f"All {summary['rounds_requested']} rounds trained.")
+        lines.append(f"All {summary['rounds_requested']} rounds finished.")
     if summary["best_round"] is not None:
         lines.append(f"Best round: {summary['best_round']}.")
     return "\n".join(lines) + "\n"
@@ -302,7 +302,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
         _write_summary(workdir, summary)
     _write_summary(workdir, summary)
     logging.info(
-        "Pseudo-mask rounds: %d of %d trained%s; best round %s -> %s",
+        "Pseudo-mask rounds: %d of %d finished%s; best round %s -> %s",
         len(summary["rounds"]),
         n_rounds,
         " (stopped early)" if summary["stopped_early"] else "",
