@@ -2,7 +2,8 @@
 
 Any config value can be overridden (``--config.optim.lr=1e-5``); presets are chosen with
 ``--config=configs/deepfish.py:lcfcn``. Rerunning the same command resumes from the latest
-checkpoint in ``--workdir``.
+checkpoint in ``--workdir``. A pseudo-mask config with ``--config.pm.rounds=R`` (R > 1) trains R
+rounds of stage 2 in ``<workdir>/round_<r>/`` (``alcfcn_jax.apps.rounds``).
 """
 
 from __future__ import annotations
@@ -27,9 +28,16 @@ def main(argv: list[str]) -> None:
 
     jax.config.parse_flags_with_absl()
     distributed.initialize_from_flags()
+    from alcfcn_jax.apps import rounds
     from alcfcn_jax.train import loop
 
-    loop.run(_CONFIG.value, _WORKDIR.value)
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    n_rounds = rounds.num_rounds(config)
+    if n_rounds > 1:
+        rounds.run(config, workdir)
+    else:
+        rounds.check_workdir(workdir, n_rounds)
+        loop.run(config, workdir)
 
 
 if __name__ == "__main__":

@@ -113,7 +113,8 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def loss_config(**overrides) -> ml_collections.ConfigDict:
-    """The ``config.loss`` block: the loss name and the optional affinity-learning term."""
+    """The ``config.loss`` block: the loss name, the optional affinity-learning and embedding
+    terms."""
     cfg = ml_collections.ConfigDict(
         {
             "name": "lcfcn",
@@ -124,6 +125,14 @@ def loss_config(**overrides) -> ml_collections.ConfigDict:
             # affinity_bg background; clicked cells are always fish.
             "affinity_fg": 0.7,
             "affinity_bg": 0.3,
+            # WISE's embedding term (alcfcn_jax/losses/embedding.py; needs
+            # model.embedding_dim > 0, e.g. 64), added with this weight (0 = off; WISE: 0.1).
+            # Pixels sampled per image: per_object from each of at most max_objects clicked
+            # fish (their one-click blobs), and background ones.
+            "embedding_weight": 0.0,
+            "embedding_per_object": 8,
+            "embedding_background": 32,
+            "embedding_max_objects": 16,
         }
     )
     cfg.update(overrides)

@@ -12,6 +12,9 @@ FishSeg val masks::
 Training refuses masks written from another stage-1 checkpoint than its current best
 (``stage1.allow_stale=True`` overrides that), and any training image without a mask.
 ``data.pseudo_mask_dir`` may point at a mask folder directly instead.
+
+``--config.pm.rounds=R`` (R > 1) trains R rounds in ``<workdir>/round_<r>/``, each on the pseudo
+masks of the round before (``alcfcn_jax/apps/rounds.py``; README "Iterative pseudo-mask rounds").
 """
 
 from __future__ import annotations
@@ -43,4 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "allow_stale": False,
         }
     )
+    # Iterative rounds (alcfcn_jax/apps/rounds.py): R > 1 trains R stage-2 models in
+    # <workdir>/round_<r>/, each on the pseudo masks of the one before (round 1 on stage 1's).
+    config.pm = ml_collections.ConfigDict({"rounds": 1})
     return config

@@ -13,6 +13,16 @@ touching fish; it is split with a marker-based watershed:
   3. watershed on ``-d`` from those markers, restricted to the blob. Blobs with at most one
      marker stay whole. Instances smaller than ``min_area`` pixels are dropped.
 
+Instances from an embedding (WISE, ``embedding_instance_labels``): the fish mask is the same; each
+predicted object location is the highest-probability pixel of one blob of a localisation map (the
+activation map before the random walk, whose blobs the LCFCN loss trains to hold one fish each, or
+the refined map itself); the background gets ``k`` representatives, the k-means centres of the
+embeddings of the pixels outside the fish mask (k = the number of objects, as WISE); every fish
+pixel joins the location or representative of highest similarity ``exp(-||E_i - E_j||^2)`` (the
+nearest embedding), and pixels joining a background representative are dropped. Two touching
+fish with two locations are separated wherever their embeddings differ, whatever the shape of the
+blob.
+
 Measurements (per instance, in the map's pixels and, through ``scale``, in the original image's
 pixels): area; length = extent of the instance along its principal (major) axis, width = extent
 along the perpendicular (minor) axis, both measured between the outer edges of the extreme pixels;
@@ -79,6 +89,107 @@ def instance_labels(
             else:
                 labels[sl][local] = next_id
                 next_id += 1
+    if min_area > 1 and labels.max() > 0:
+        areas = np.bincount(labels.ravel())
+        small = areas < min_area
+        small[0] = False
+        labels = np.where(small[labels], 0, labels)
+    return _relabel_raster(labels)
+
+
+def kmeans(x: np.ndarray, k: int, *, seed: int = 0, iters: int = 20) -> np.ndarray:
+    """(k', d) centres of ``x`` (n, d) by Lloyd's k-means from a k-means++ start (k' = min(k,
+    distinct points)); seeded, deterministic."""
+    x = np.asarray(x, np.float64)
+    if len(x) == 0 or k < 1:
+        return np.zeros((0, x.shape[-1] if x.ndim == 2 else 0))
+    rng = np.random.default_rng(seed)
+    centres = [x[rng.integers(len(x))]]
+    d2 = ((x - centres[0]) ** 2).sum(1)
+    while len(centres) < k and d2.sum() > 0:
+        centres.append(x[rng.choice(len(x), p=d2 / d2.sum())])
+        d2 = np.minimum(d2, ((x - centres[-1]) ** 2).sum(1))
+    c = np.stack(centres)
+    for _ in range(iters):
+        assign = _nearest(x, c)
+        new = np.stack(
+            [x[assign == j].mean(0) if (assign == j).any() else c[j] for j in range(len(c))]
+        )
+        if np.allclose(new, c):
+            break
+        c = new
+    return c
+
+
+def _nearest(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Index of the nearest centre (squared Euclidean = highest ``exp(-d^2)``) of each row."""
+    d2 = (x**2).sum(1)[:, None] + (c**2).sum(1)[None, :] - 2.0 * x @ c.T
+    return np.argmin(d2, axis=1)
+
+
+def seed_locations(prob: np.ndarray, threshold: float = 0.5) -> list[tuple[int, int]]:
+    """(row, column) of the highest-probability pixel of each 8-connected blob of
+    ``prob > threshold``, in blob (raster) order."""
+    prob = np.asarray(prob, np.float64)
+    blobs, n = ndi.label(prob > threshold, structure=_EIGHT)
+    if n == 0:
+        return []
+    pos = ndi.maximum_position(prob, blobs, np.arange(1, n + 1))
+    return [(int(r), int(c)) for r, c in pos]
+
+
+def embedding_instance_labels(
+    prob: np.ndarray,
+    embedding: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    seed_prob: np.ndarray | None = None,
+    seed_threshold: float | None = None,
+    n_background: int | None = None,
+    min_area: int = 1,
+    max_background_pixels: int = 4096,
+    seed: int = 0,
+) -> np.ndarray:
+    """Fish instances by embedding similarity (WISE's test-time assignment; module docstring).
+
+    Args:
+      prob: (H,W) fish probability; fish = ``prob > threshold``.
+      embedding: (H,W,d) per-pixel embedding.
+      seed_prob: (H,W) localisation map whose blobs give the object locations (default ``prob``);
+        a location outside the fish mask is dropped.
+      seed_threshold: its threshold (default ``threshold``).
+      n_background: background representatives (default: the number of locations, at least 1).
+      min_area: drop instances with fewer pixels.
+      max_background_pixels: k-means runs on at most this many background pixels (a seeded
+        random subset).
+      seed: the k-means and subset seed.
+
+    Returns:
+      (H,W) int32 labels, 0 = background, instances 1..n in raster order of their first pixel.
+    """
+    prob = np.asarray(prob, np.float64)
+    emb = np.asarray(embedding, np.float64)
+    if prob.ndim != 2 or emb.shape[:2] != prob.shape or emb.ndim != 3:
+        raise ValueError(f"prob (H,W) and embedding (H,W,d) needed, got {prob.shape}, {emb.shape}")
+    fish = prob > threshold
+    locs = seed_locations(
+        prob if seed_prob is None else seed_prob,
+        threshold if seed_threshold is None else seed_threshold,
+    )
+    locs = [(r, c) for r, c in locs if fish[r, c]]
+    labels = np.zeros(prob.shape, np.int32)
+    if not locs or not fish.any():
+        return labels
+    objects = np.stack([emb[r, c] for r, c in locs])
+    bg = emb[~fish]
+    rng = np.random.default_rng(seed)
+    if len(bg) > max_background_pixels:
+        bg = bg[rng.choice(len(bg), max_background_pixels, replace=False)]
+    k = max(1, len(locs)) if n_background is None else int(n_background)
+    reps = kmeans(bg, k, seed=seed) if len(bg) else np.zeros((0, emb.shape[-1]))
+    centres = np.concatenate([objects, reps])
+    owner = _nearest(emb[fish], centres)
+    labels[fish] = np.where(owner < len(objects), owner + 1, 0)
     if min_area > 1 and labels.max() > 0:
         areas = np.bincount(labels.ravel())
         small = areas < min_area

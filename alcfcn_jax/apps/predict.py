@@ -10,7 +10,8 @@ preprocessed exactly as the checkpoint's training run did (``data.Preprocessing`
 the checkpoint: letterbox bars cropped or masked, short side resized to
 ``data.image_short_side`` with PIL bilinear, ImageNet normalisation), the checkpoint's refined
 fish probability is computed, fish instances are separated and measured (``alcfcn_jax.apps.measure``:
-blobs of ``prob > threshold`` split by a distance-transform watershed where two fish touch), and
+blobs of ``prob > threshold`` split by a distance-transform watershed where two fish touch, or with
+``--instances=embedding`` assigned by the embedding branch, ``alcfcn_jax.apps.instances``), and
 the results are written to ``--output_dir``:
 
   * ``fish.csv``      one row per fish: image, fish index, length / width / Feret length / area /
@@ -34,20 +35,20 @@ from __future__ import annotations
 import os
 import pathlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
 from alcfcn_jax import distributed
 from alcfcn_jax import sharding as shd
+from alcfcn_jax.apps import instances as inst_app
 from alcfcn_jax.apps import measure
 from alcfcn_jax.data import preprocess as pp
 from alcfcn_jax.data.errors import DataError
-from alcfcn_jax.eval import evaluation, metrics, viz
+from alcfcn_jax.eval import metrics, viz
 from alcfcn_jax.io import (
     csv_text,
     ensure_writable_dir,
@@ -55,7 +56,6 @@ from alcfcn_jax.io import (
     write_json_atomic,
     write_text_atomic,
 )
-from alcfcn_jax.models import outputs
 
 IMAGE_EXTENSIONS = pp.IMAGE_EXTENSIONS  # the project's one list (data.preprocess)
 _MEASURES = (
@@ -138,17 +138,6 @@ def _to_original(
     full = np.zeros(size, np.int32)
     full[top:bottom, left:right] = _upsample_labels(labels, (bottom - top, right - left))
     return full
-
-
-def _fish_prob_fn(model: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """(h,w,3) normalised image -> (h,w) fish probability, at the input size."""
-    fwd = evaluation.make_forward(model)
-
-    def run(image: np.ndarray) -> np.ndarray:
-        logits = outputs.upsample_logits(fwd(jnp.asarray(image[None])), image.shape[:2])
-        return np.asarray(outputs.fish_probability(logits))[0]
-
-    return run
 
 
 def _upsample_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -239,6 +228,8 @@ def predict_folder(
     overlays: bool = True,
     recursive: bool = False,
     skip_unreadable: bool = False,
+    instances: str = "watershed",
+    seeds: str = "activation",
     extra_summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Counts and measures the fish in every image of a folder (see the module docstring).
@@ -255,6 +246,9 @@ def predict_folder(
       overlays: write overlay PNGs.
       recursive: include subfolders.
       skip_unreadable: log and skip undecodable files instead of stopping at the first.
+      instances: ``watershed`` or ``embedding`` (a model with the embedding branch; ValueError
+        otherwise, before any file is read); ``seeds``: the embedding's object locations
+        (``apps.instances``).
 
     Returns:
       The summary dict (also written to ``summary.json``), with ``images`` (per-image rows) and
@@ -265,12 +259,20 @@ def predict_folder(
     """
     from absl import logging
 
+    instance_fn = inst_app.make_instance_fn(
+        model,
+        instances,
+        threshold=threshold,
+        split=split,
+        split_h=split_h,
+        min_area=min_area,
+        seeds=seeds,
+    )
     root = pathlib.Path(input_dir).expanduser()
     out = pathlib.Path(output_dir).expanduser()
     files = list_images(root, recursive=recursive)
     ensure_writable_dir(out, "--output_dir")
     prep = preprocessing or pp.Preprocessing(short_side, "none")
-    prob_fn = _fish_prob_fn(model)
     fish_rows: list[dict[str, Any]] = []
     image_rows: list[dict[str, Any]] = []
     skipped: list[str] = []
@@ -288,12 +290,8 @@ def predict_folder(
             skipped.append(str(err))
             continue
         image = prepared.image
-        prob = prob_fn(image)
-        if prepared.valid is not None:  # letterbox bars kept but masked: never fish
-            prob = np.where(prepared.valid, prob, 0.0)
-        labels = measure.instance_labels(
-            prob, threshold=threshold, split=split, split_h=split_h, min_area=min_area
-        )
+        # Letterbox bars kept but masked (prepared.valid) are never fish.
+        labels, prob = instance_fn(image, prepared.valid)
         top, bottom, left, right = prepared.region
         rows = measure.measure_fish(
             labels, prob, original_size=(bottom - top, right - left), origin=(top, left)
@@ -339,6 +337,8 @@ def predict_folder(
         "settings": {
             **prep.to_dict(),
             "threshold": threshold,
+            "instances": instances,
+            "seeds": seeds if instances == "embedding" else None,
             "split": split,
             "split_h": split_h,
             "min_area": min_area,
@@ -393,6 +393,8 @@ def main(argv: Sequence[str]) -> None:
         overlays=f.overlays,
         recursive=f.recursive,
         skip_unreadable=f.skip_unreadable,
+        instances=f.instances,
+        seeds=f.seeds,
         extra_summary={"workdir": str(f.workdir), "checkpoint": str(which), "step": int(step)},
     )
     logging.info(
@@ -413,6 +415,16 @@ def define_flags() -> None:
     flags.DEFINE_string("input_dir", None, "Folder of images to analyse.")
     flags.DEFINE_string("output_dir", None, "Where to write CSVs, masks and overlays.")
     flags.DEFINE_float("threshold", 0.5, "Fish-probability threshold.")
+    flags.DEFINE_enum(
+        "instances",
+        "watershed",
+        ["watershed", "embedding"],
+        "How touching fish are cut: distance-transform watershed, or the embedding branch "
+        "(models trained with model.embedding_dim > 0).",
+    )
+    flags.DEFINE_enum(
+        "seeds", "activation", ["activation", "refined"], "Embedding: object locations."
+    )
     flags.DEFINE_bool("split_touching", True, "Split touching fish with a watershed.")
     flags.DEFINE_float("split_h", 2.0, "Least neck depth (pixels) between two touching fish.")
     flags.DEFINE_integer("min_area", 1, "Drop instances smaller than this (model pixels).")

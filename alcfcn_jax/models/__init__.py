@@ -14,7 +14,7 @@ import ml_collections
 from flax import nnx
 
 from alcfcn_jax.models.alcfcn import ALCFCN, CAM_HEADS, RW_METHODS, TRUNK_MODES
-from alcfcn_jax.models.heads import ActivationHead, AffinityHead
+from alcfcn_jax.models.heads import ActivationHead, AffinityHead, EmbeddingHead
 from alcfcn_jax.models.resnet38 import ResNet38d
 from alcfcn_jax.models.tiny import TinyTrunk
 
@@ -29,6 +29,7 @@ __all__ = [
     "ALCFCN",
     "ActivationHead",
     "AffinityHead",
+    "EmbeddingHead",
     "ResNet38d",
     "TinyTrunk",
     "build_model",
@@ -67,6 +68,8 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "output_stride": 8,
     "affinity_widths": (),
     "trunk_taps": (),
+    "embedding_dim": 0,
+    "embedding_width": 64,
 }
 
 
@@ -130,6 +133,7 @@ def build_model(model_cfg: Any, *, rngs: nnx.Rngs) -> nnx.Module:
         optionally ``cam_head`` ("fc8" | "decoder"), ``decoder_width``, ``decoder_dropout``,
         ``affinity_widths`` (f8_3/f8_4/f8_5 widths; empty = the reference's 64/128/256), and for
         EfficientNet-Lite0 ``output_stride`` (8 | 32) and ``trunk_taps`` (three tap points);
+        optionally ``embedding_dim`` (WISE embedding branch, 0 = none) and ``embedding_width``;
         optionally ``input_format`` for FCN8-VGG16 (default "caffe_bgr" for ``.h5`` weights,
         else "imagenet").
       rngs: ``nnx.Rngs`` with ``params`` and ``dropout`` streams.
@@ -168,6 +172,8 @@ def build_model(model_cfg: Any, *, rngs: nnx.Rngs) -> nnx.Module:
             cam_head=str(cfg.cam_head),
             decoder_width=int(cfg.decoder_width),
             decoder_dropout=float(cfg.decoder_dropout),
+            embedding_dim=int(cfg.embedding_dim),
+            embedding_width=int(cfg.embedding_width),
             dtype=dtype,
             rngs=rngs,
         )

@@ -30,6 +30,12 @@ Frozen-trunk feature cache: in every mode but ``two_pass`` with affinity, the tr
 ``model(images) == model.from_taps(trunk(trunk_input(images)), images.shape[1:3])`` (the trunk in
 eval mode), which is what training on cached taps relies on (``alcfcn_jax.data.tap_cache``).
 
+Embedding branch (WISE; ``embedding_dim`` > 0, off by default): an
+:class:`~alcfcn_jax.models.heads.EmbeddingHead` on the same taps as the activation branch gives
+``aux["embedding"]`` (B, ceil(H/8), ceil(W/8), embedding_dim) float32 on the stride-8 grid of the
+input (read at pixels by ``losses.embedding.sample_embedding`` / ``upsample_embedding``). It does
+not change the logits.
+
 Mixed precision: with ``dtype=bfloat16`` the parameters stay float32 and the trunk and heads compute
 in bfloat16; activation logits, affinity features, the random walk and all outputs are float32.
 """
@@ -43,7 +49,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from alcfcn_jax.models.heads import ActivationHead, AffinityHead, DecoderHead
+from alcfcn_jax.models.heads import ActivationHead, AffinityHead, DecoderHead, EmbeddingHead
 from alcfcn_jax.ops import random_walk
 from alcfcn_jax.ops.resize import pad_to_multiple, resize_bilinear
 
@@ -77,6 +83,8 @@ class ALCFCN(nnx.Module):
         (:class:`~alcfcn_jax.models.heads.DecoderHead` over all three taps).
       decoder_width: channels of the decoder head.
       decoder_dropout: its Dropout2d rate (0: training sees the function evaluation sees).
+      embedding_dim: channels of the WISE embedding branch (0: no branch).
+      embedding_width: its hidden channels.
       dtype: compute dtype of trunk and heads (float32 or bfloat16).
       rngs: ``params`` and ``dropout`` streams.
     """
@@ -96,6 +104,8 @@ class ALCFCN(nnx.Module):
         cam_head: str = "fc8",
         decoder_width: int = 96,
         decoder_dropout: float = 0.0,
+        embedding_dim: int = 0,
+        embedding_width: int = 64,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -144,6 +154,13 @@ class ALCFCN(nnx.Module):
             )
         if with_affinity:
             self.aff_head = AffinityHead(tap_channels, affinity_widths, dtype=dtype, rngs=rngs)
+        if embedding_dim < 0:
+            raise ValueError(f"embedding_dim must be >= 0, got {embedding_dim}")
+        self.embedding_dim = int(embedding_dim)
+        if self.embedding_dim:
+            self.emb_head = EmbeddingHead(
+                tap_channels, self.embedding_dim, width=embedding_width, dtype=dtype, rngs=rngs
+            )
 
     @property
     def cacheable(self) -> bool:
@@ -169,6 +186,14 @@ class ALCFCN(nnx.Module):
         grid = (padded[0] // _STRIDE, padded[1] // _STRIDE)
         aff = self.aff_head(taps, grid=grid).astype(jnp.float32)
         return aff[:, : _ceil_div(size[0], _STRIDE), : _ceil_div(size[1], _STRIDE)]
+
+    def _emb(self, taps, padded: tuple[int, int], size: tuple[int, int]) -> jax.Array | None:
+        """The embedding on the ceil(size/8) grid, or None without the branch."""
+        if not self.embedding_dim:
+            return None
+        grid = (_ceil_div(padded[0], _STRIDE), _ceil_div(padded[1], _STRIDE))
+        e = self.emb_head(taps, grid=grid)
+        return e[:, : _ceil_div(size[0], _STRIDE), : _ceil_div(size[1], _STRIDE)]
 
     def from_taps(
         self,
@@ -198,7 +223,8 @@ class ALCFCN(nnx.Module):
         )
         cam = self._cam(taps, padded, (h, w), train=train)
         aff = self._aff(taps, padded, (h, w)) if self.with_affinity else None
-        return self._finish(cam, aff, return_aux=return_aux, walk=walk)
+        emb = self._emb(taps, padded, (h, w))
+        return self._finish(cam, aff, return_aux=return_aux, walk=walk, emb=emb)
 
     def features(
         self, images: jax.Array, *, train: bool = False
@@ -212,25 +238,34 @@ class ALCFCN(nnx.Module):
         Returns:
           ``(cam (B,H,W,n_classes) float32, aff_feats (B,ceil(H/8),ceil(W/8),F) float32 or None)``.
         """
+        cam, aff, _ = self._features(images, train=train)
+        return cam, aff
+
+    def _features(self, images: jax.Array, *, train: bool):
+        """``(cam, aff_feats or None, embedding or None)``; see :meth:`features`."""
         x = self.trunk_input(images)
         size = tuple(images.shape[1:3])
         padded = tuple(x.shape[1:3])
         if self.cacheable:
             taps = self.trunk(x, train=train)
             cam = self._cam(taps, padded, size, train=train)
-            return cam, (self._aff(taps, padded, size) if self.with_affinity else None)
+            aff = self._aff(taps, padded, size) if self.with_affinity else None
+            return cam, aff, self._emb(taps, padded, size)
         # two_pass: the activation branch sees the image padded only as far as the trunk needs
         # (unpadded for the reference's trunks), the affinity branch a second run on ``x``.
         x_cam = pad_to_multiple(images.astype(self.dtype), self.trunk_multiple)
         taps = self.trunk(x_cam, train=train)
         cam = self._cam(taps, tuple(x_cam.shape[1:3]), size, train=train)
+        emb = self._emb(taps, tuple(x_cam.shape[1:3]), size)
         # Without padding and without dropout the second run would repeat the first exactly.
         if train or x.shape != x_cam.shape:
             taps = self.trunk(x, train=train)
-        return cam, self._aff(taps, padded, size)
+        return cam, self._aff(taps, padded, size), emb
 
-    def _finish(self, cam, aff, *, return_aux: bool, walk: bool):
+    def _finish(self, cam, aff, *, return_aux: bool, walk: bool, emb=None):
         aux: dict[str, jax.Array] = {"cam": cam}
+        if emb is not None:
+            aux["embedding"] = emb
         if aff is None or not walk:
             logits = cam
         else:
@@ -261,14 +296,15 @@ class ALCFCN(nnx.Module):
         Args:
           images: (B, H, W, 3) ImageNet-normalised images, any H, W.
           train: enables dropout (BatchNorm is always frozen).
-          return_aux: also return ``{"cam": raw activation logits, "aff_feats": ...}``.
+          return_aux: also return ``{"cam": raw activation logits, "aff_feats": ...,
+            "embedding": ...}`` (the last two with their branches).
           walk: refine by the random walk (A-LCFCN); ``False`` returns the activation logits.
 
         Returns:
           logits (B, H, W, n_classes) float32, or ``(logits, aux)``.
         """
-        cam, aff = self.features(images, train=train)
-        return self._finish(cam, aff, return_aux=return_aux, walk=walk)
+        cam, aff, emb = self._features(images, train=train)
+        return self._finish(cam, aff, return_aux=return_aux, walk=walk, emb=emb)
 
 
 class WithoutWalk(nnx.Module):
@@ -287,6 +323,14 @@ class WithoutWalk(nnx.Module):
     @property
     def cacheable(self) -> bool:
         return self.model.cacheable
+
+    def _emb(self, taps, padded: tuple[int, int], size: tuple[int, int]) -> jax.Array | None:
+        """The embedding on the ceil(size/8) grid, or None without the branch."""
+        if not self.embedding_dim:
+            return None
+        grid = (_ceil_div(padded[0], _STRIDE), _ceil_div(padded[1], _STRIDE))
+        e = self.emb_head(taps, grid=grid)
+        return e[:, : _ceil_div(size[0], _STRIDE), : _ceil_div(size[1], _STRIDE)]
 
     def from_taps(self, taps, size, *, train: bool = False, return_aux: bool = False):
         """``model.from_taps(..., walk=False)``."""

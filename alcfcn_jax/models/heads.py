@@ -163,6 +163,83 @@ class DecoderHead(nnx.Module):
         return self.cls(f).astype(jnp.float32)
 
 
+class EmbeddingHead(nnx.Module):
+    """WISE's embedding branch (E-Net; ``model.embedding_dim`` > 0): a ``dim``-vector per pixel
+    of the stride-8 grid, from all three taps (not in the reference).
+
+    ``p_k = relu(norm_k(align(proj_k(tap_k))))`` (1x1 conv to ``width``, LayerNorm) for
+    conv4/conv5/conv6, a 1x1 conv fusing the three, one 3x3 conv (both with ReLU) and a linear
+    1x1 conv to ``dim`` channels, float32. The similarity of two pixels is
+    ``exp(-||E_i - E_j||^2)`` (``losses.embedding``). Stride 8, as the other heads: a fish of the
+    real frames spans several cells, and the test-time assignment reads the embedding at every
+    pixel by bilinear upsampling (``losses.embedding.upsample_embedding``), which costs nothing
+    in training, where the loss reads it at a few sampled pixels only.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        dim: int = 64,
+        *,
+        width: int = 64,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if len(in_channels) != 3:
+            raise ValueError(f"EmbeddingHead needs 3 input taps, got {in_channels}")
+        if dim < 1:
+            raise ValueError(f"EmbeddingHead dim must be >= 1, got {dim}")
+        c4, c5, c6 = (int(c) for c in in_channels)
+        w = int(width)
+
+        def conv(cin, cout, k):
+            return conv2d(
+                cin,
+                cout,
+                k,
+                padding=k // 2,
+                bias=True,
+                kernel_init=kaiming_normal(cin * k * k),
+                dtype=dtype,
+                rngs=rngs,
+            )
+
+        def norm():
+            return nnx.LayerNorm(w, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+        self.dim = int(dim)
+        self.proj4, self.norm4 = conv(c4, w, 1), norm()
+        self.proj5, self.norm5 = conv(c5, w, 1), norm()
+        self.proj6, self.norm6 = conv(c6, w, 1), norm()
+        self.fuse = conv(3 * w, w, 1)
+        self.conv1 = conv(w, w, 3)
+        self.out = conv2d(
+            w,
+            self.dim,
+            1,
+            bias=True,
+            kernel_init=xavier_uniform(w, self.dim, 1.0),
+            dtype=dtype,
+            rngs=rngs,
+        )
+
+    def __call__(self, taps: dict[str, jax.Array], *, grid: Grid = None) -> jax.Array:
+        """Returns the embedding (B, h, w, dim) in float32 on ``grid``."""
+        if grid is None:
+            grid = tuple(taps["conv4"].shape[1:3])
+        f = jnp.concatenate(
+            [
+                jax.nn.relu(self.norm4(align(self.proj4(taps["conv4"]), grid))),
+                jax.nn.relu(self.norm5(align(self.proj5(taps["conv5"]), grid))),
+                jax.nn.relu(self.norm6(align(self.proj6(taps["conv6"]), grid))),
+            ],
+            axis=-1,
+        )
+        f = jax.nn.relu(self.fuse(f))
+        f = jax.nn.relu(self.conv1(f))
+        return self.out(f).astype(jnp.float32)
+
+
 class AffinityHead(nnx.Module):
     """``elu(f9(concat[elu(f8_3(conv4)), elu(f8_4(conv5)), elu(f8_5(conv6))]))``.
 

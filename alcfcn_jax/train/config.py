@@ -37,7 +37,9 @@ DATASETS_WITHOUT_MASKS = ("sample", "boxes", "points")
 REQUIRED_SECTIONS = ("model", "loss", "data", "optim", "train")
 FEATURE_CACHE_MODES = ("off", "auto", "memory", "disk")
 # Keys a config may lack (configs written before they existed): ``resolve`` fills these values,
-# which reproduce the behaviour of such configs. ``stage1`` is filled only where it exists.
+# which reproduce the behaviour of such configs. ``stage1`` is filled only where it exists, and
+# ``pm`` (the pseudo-mask rounds) only in configs that train on pseudo masks (a ``stage1`` or
+# ``pm`` section).
 _OPTIONAL_MODEL_KEYS = (
     "backbone",
     "with_affinity",
@@ -49,10 +51,22 @@ _OPTIONAL_MODEL_KEYS = (
     "output_stride",
     "affinity_widths",
     "trunk_taps",
+    "embedding_dim",
+    "embedding_width",
 )
 OPTIONAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {k: MODEL_DEFAULTS[k] for k in _OPTIONAL_MODEL_KEYS},
-    "loss": {"affinity_weight": 0.0, "affinity_fg": 0.7, "affinity_bg": 0.3},
+    "loss": {
+        "affinity_weight": 0.0,
+        "affinity_fg": 0.7,
+        "affinity_bg": 0.3,
+        # WISE embedding term (losses.embedding): weight 0 = off; pixels sampled per object,
+        # from the background, and the most objects per image.
+        "embedding_weight": 0.0,
+        "embedding_per_object": 8,
+        "embedding_background": 32,
+        "embedding_max_objects": 16,
+    },
     "optim": {"schedule": "constant", "clip_grad_norm": 0.0, "trunk_lr_mult": 1.0},
     "train": {
         "eval_at_start": False,
@@ -68,6 +82,8 @@ OPTIONAL_DEFAULTS: dict[str, dict[str, Any]] = {
         "feature_cache_memory_mb": 256,
     },
     "stage1": {"workdir": "", "which": "best", "allow_stale": False},
+    # Iterative pseudo-mask rounds (apps/rounds.py): 1 = the single stage 2 in the workdir.
+    "pm": {"rounds": 1},
 }
 
 
@@ -153,6 +169,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if name == "fcn8_vgg16" and config.model.with_affinity:
         raise ConfigError("config.model.with_affinity=True is only supported for model 'alcfcn'")
     _check_affinity_learning(config)
+    _check_embedding(config)
+    _check_rounds(config)
     _choice(config, "optim.name", OPTIMIZERS)
     _number(config, "optim.lr", minimum=0.0, strict=True)
     _number(config, "optim.weight_decay", minimum=0.0)
@@ -206,6 +224,44 @@ def _check_affinity_learning(config: ml_collections.ConfigDict) -> None:
     _number(config, "train.feature_cache_memory_mb", minimum=0.0)
 
 
+def _check_embedding(config: ml_collections.ConfigDict) -> None:
+    """The optional WISE embedding keys (``model.embedding_*``, ``loss.embedding_*``)."""
+    dim = _int(config, "model.embedding_dim", minimum=0)
+    _int(config, "model.embedding_width", minimum=1)
+    if dim and config.model.name != "alcfcn":
+        raise ConfigError("config.model.embedding_dim > 0 is only supported for model 'alcfcn'")
+    weight = _number(config, "loss.embedding_weight", minimum=0.0)
+    for key in ("embedding_per_object", "embedding_max_objects"):
+        _int(config, f"loss.{key}", minimum=1)
+    _int(config, "loss.embedding_background", minimum=0)
+    if weight and not dim:
+        raise ConfigError(
+            "config.loss.embedding_weight > 0 trains the embedding branch: set "
+            "config.model.embedding_dim > 0 (e.g. 64)"
+        )
+    if weight and config.loss.name != "lcfcn":
+        raise ConfigError(
+            "config.loss.embedding_weight > 0 needs config.loss.name='lcfcn' (its proposals are "
+            "the model's blobs and the clicks)"
+        )
+
+
+def _check_rounds(config: ml_collections.ConfigDict) -> None:
+    """``pm.rounds`` (pseudo-mask configs only): >= 1; more than 1 needs pseudo masks to start
+    from (``stage1.workdir`` or ``data.pseudo_mask_dir``)."""
+    if "pm" not in config:
+        return
+    rounds = _int(config, "pm.rounds", minimum=1)
+    has_masks = bool(str(config.data.get("pseudo_mask_dir", "") or "")) or (
+        "stage1" in config and bool(str(config.stage1.workdir or ""))
+    )
+    if rounds > 1 and not has_masks:
+        raise ConfigError(
+            f"config.pm.rounds={rounds} trains on pseudo masks: set config.stage1.workdir "
+            "(the stage-1 run whose pseudo masks round 1 trains on)"
+        )
+
+
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The config every module reads: validated, with every optional key filled.
 
@@ -239,7 +295,7 @@ def _with_optional(config: Any) -> ml_collections.ConfigDict:
     out = ml_collections.ConfigDict(to_plain(config))
     for section, fields in OPTIONAL_DEFAULTS.items():
         if section not in out:
-            if section == "stage1":
+            if section == "stage1" or (section == "pm" and "stage1" not in out):
                 continue
             out[section] = ml_collections.ConfigDict()
         for key, value in fields.items():

@@ -29,6 +29,7 @@ from alcfcn_jax.eval.baseline import count_baseline
 from alcfcn_jax.eval.evaluation import evaluate
 from alcfcn_jax.io import read_json, write_json_atomic, write_text_atomic
 from alcfcn_jax.losses.affinity import AffinityLoss
+from alcfcn_jax.losses.embedding import EmbeddingLoss
 from alcfcn_jax.train import data as train_data
 from alcfcn_jax.train.config import resolve
 from alcfcn_jax.train.metric_writer import MetricWriter, quiet_library_logs
@@ -92,6 +93,19 @@ def affinity_loss_from_config(config: Any) -> AffinityLoss | None:
         fg=float(config.loss.affinity_fg),
         bg=float(config.loss.affinity_bg),
         radius=int(config.model.radius),
+    )
+
+
+def embedding_loss_from_config(config: Any) -> EmbeddingLoss | None:
+    """``config.loss.embedding_*`` as an :class:`EmbeddingLoss`, or None when the weight is 0."""
+    weight = float(config.loss.embedding_weight)
+    if weight == 0.0:
+        return None
+    return EmbeddingLoss(
+        weight=weight,
+        per_object=int(config.loss.embedding_per_object),
+        background=int(config.loss.embedding_background),
+        max_objects=int(config.loss.embedding_max_objects),
     )
 
 
@@ -265,6 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             learning_rate=learning_rate_schedule(config.optim, num_steps),
             skip_zero_loss=bool(tc.skip_zero_loss),
             affinity=affinity_loss_from_config(config),
+            embedding=embedding_loss_from_config(config),
         )
         step_fn = make_train_step(graphs, mesh, **step_kwargs)
         # Walk warm-up: the first steps train the activation logits without the random walk.

@@ -29,8 +29,9 @@ from flax import nnx
 from alcfcn_jax import sharding as shd
 from alcfcn_jax.data.pipeline import TAPS_PREFIX, split_taps
 from alcfcn_jax.losses.affinity import AffinityLoss, affinity_labels, affinity_loss
+from alcfcn_jax.losses.embedding import EmbeddingLoss, embedding_loss
 from alcfcn_jax.losses.registry import per_image_loss
-from alcfcn_jax.models.outputs import IGNORE
+from alcfcn_jax.models.outputs import IGNORE, fish_probability
 from alcfcn_jax.train.state import Graphs, TrainState
 
 # Batch entries the train step reads; everything else (ids, habitats, counts) stays on the host.
@@ -81,6 +82,7 @@ def make_train_step(
     loss_fn: Callable[..., tuple[jax.Array, dict[str, jax.Array]]] | None = None,
     walk: bool = True,
     affinity: AffinityLoss | None = None,
+    embedding: EmbeddingLoss | None = None,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted train step ``(state, batch) -> (state, metrics)``.
 
@@ -95,6 +97,9 @@ def make_train_step(
       walk: ``False`` trains the activation logits of an A-LCFCN model without the random walk
         (the warm-up of ``train.walk_warmup_steps``).
       affinity: adds the affinity-learning term (metric ``loss_affinity``, unweighted).
+      embedding: adds ``embedding.weight`` times the WISE embedding term (metric
+        ``loss_embedding``, unweighted); its pixels are drawn with a seed folded from the
+        state's rng and the step, so a rerun draws the same pairs.
 
     The batch holds ``image`` or the cached taps ``taps/<name>`` (see :func:`forward`).
 
@@ -117,7 +122,7 @@ def make_train_step(
         nnx.reseed(model, dropout=jax.random.fold_in(state["rng"], step))
 
         def objective(m):
-            if affinity is None:
+            if affinity is None and embedding is None:
                 logits = forward(m, batch, train=True, walk=walk)
             else:
                 logits, aux = forward(m, batch, train=True, walk=walk, return_aux=True)
@@ -130,6 +135,22 @@ def make_train_step(
                 aff = affinity_loss(aux["aff_feats"], labels, radius=affinity.radius)
                 per_image = per_image + affinity.weight * aff
                 terms = {**terms, "affinity": aff}
+            if embedding is not None:
+                if "embedding" not in aux:
+                    raise ValueError(
+                        "the embedding term needs a model with an embedding branch "
+                        "(config.model.embedding_dim > 0)"
+                    )
+                seed = jax.random.bits(jax.random.fold_in(state["rng"], step), dtype=jnp.uint32)
+                emb = embedding_loss(
+                    aux["embedding"],
+                    fish_probability(logits),
+                    batch["points"],
+                    seed,
+                    embedding,
+                )
+                per_image = per_image + embedding.weight * emb
+                terms = {**terms, "embedding": emb}
             return jnp.mean(per_image), ({k: jnp.mean(v) for k, v in terms.items()}, outputs_ok)
 
         (loss, (terms, outputs_ok)), grads = nnx.value_and_grad(

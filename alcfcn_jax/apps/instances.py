@@ -1,0 +1,303 @@
+"""Fish instances from a trained checkpoint, and their evaluation against true boxes.
+
+Two ways to cut the predicted fish mask into fish (``--instances``):
+
+  * ``watershed`` (default): blobs of ``p(fish) > threshold`` split by the distance-transform
+    watershed (``measure.instance_labels``); any model;
+  * ``embedding``: WISE's assignment by the embedding branch (``measure.embedding_instance_labels``);
+    needs a model trained with ``model.embedding_dim > 0``. The object locations are the
+    highest-probability pixels of the blobs of the activation map before the random walk
+    (``seeds="activation"``, LCFCN's one-blob-per-fish map; the refined map for models without
+    a walk) or of the refined map (``seeds="refined"``).
+
+Evaluation on a box split (``python -m alcfcn_jax.apps.instances``)::
+
+    python -m alcfcn_jax.apps.instances --config=configs/frames.py --workdir=runs/frames \
+        --split=val --instances=watershed [--checkpoint=best] [--output_dir=DIR]
+
+restores the checkpoint as ``evaluate.py`` does (its recorded preprocessing), cuts every image of
+the split into instances, and compares each instance's bounding box with the true boxes
+(``eval.instances``: precision, recall, AP50, the share of true boxes with exactly one instance;
+confidence = the instance's mean fish probability). It writes
+``<workdir>/eval/<split>/instances_<method>.json`` (every figure and the settings), ``.md`` (a
+table) and ``.csv`` (per image: boxes, instances, true positives).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alcfcn_jax.apps import measure
+from alcfcn_jax.eval import evaluation
+from alcfcn_jax.eval import instances as inst
+from alcfcn_jax.io import csv_text, ensure_writable_dir, write_json_atomic, write_text_atomic
+from alcfcn_jax.losses.embedding import upsample_embedding
+from alcfcn_jax.models import outputs
+
+METHODS = ("watershed", "embedding")
+SEEDS = ("activation", "refined")
+
+
+def has_embedding(model: Any) -> bool:
+    """Whether ``model`` has the WISE embedding branch."""
+    return int(getattr(model, "embedding_dim", 0) or 0) > 0
+
+
+def check_method(model: Any, method: str) -> None:
+    """Raises ValueError for an unknown method, or ``embedding`` on a model without the branch."""
+    if method not in METHODS:
+        raise ValueError(f"--instances must be one of {METHODS}, got {method!r}")
+    if method == "embedding" and not has_embedding(model):
+        raise ValueError(
+            "--instances=embedding needs a model with an embedding head, trained with "
+            "config.model.embedding_dim > 0 (and loss.embedding_weight > 0); this checkpoint's "
+            "model has none: use --instances=watershed"
+        )
+
+
+def make_instance_fn(
+    model: Any,
+    method: str = "watershed",
+    *,
+    threshold: float = 0.5,
+    split: bool = True,
+    split_h: float = 2.0,
+    min_area: int = 1,
+    seeds: str = "activation",
+) -> Callable[[np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray]]:
+    """``run(image (h,w,3) normalised, valid (h,w) or None) -> (labels (h,w) int32, prob (h,w))``.
+
+    Pixels outside ``valid`` (letterbox bars) are never fish. Raises ValueError as
+    :func:`check_method`.
+    """
+    check_method(model, method)
+    if seeds not in SEEDS:
+        raise ValueError(f"seeds must be one of {SEEDS}, got {seeds!r}")
+    fwd = evaluation.make_forward(model, return_aux=True)
+
+    def run(image: np.ndarray, valid: np.ndarray | None = None):
+        size = image.shape[:2]
+        logits, aux = fwd(jnp.asarray(image[None]))
+        prob = np.asarray(outputs.fish_probability(outputs.upsample_logits(logits, size)))[0]
+        if valid is not None:
+            prob = np.where(valid, prob, 0.0)
+        if method == "watershed":
+            labels = measure.instance_labels(
+                prob, threshold=threshold, split=split, split_h=split_h, min_area=min_area
+            )
+            return labels, prob
+        emb = np.asarray(upsample_embedding(aux["embedding"], size))[0]
+        seed_prob = prob
+        if seeds == "activation" and "aff_feats" in aux:
+            cam = outputs.upsample_logits(aux["cam"], size)
+            seed_prob = np.asarray(outputs.fish_probability(cam))[0]
+            if valid is not None:
+                seed_prob = np.where(valid, seed_prob, 0.0)
+        labels = measure.embedding_instance_labels(
+            prob, emb, threshold=threshold, seed_prob=seed_prob, min_area=min_area
+        )
+        return labels, prob
+
+    return run
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """The report of one instance evaluation."""
+    meta = result["meta"]
+    lines = [
+        f"# Fish instances ({meta['instances']}) against true boxes: {meta['split']}",
+        "",
+        f"Checkpoint `{meta['checkpoint']}` (step {meta['step']}) in `{meta['workdir']}`; "
+        f"{int(result['num_images'])} images, {int(result['num_true_boxes'])} true boxes, "
+        f"{int(result['num_instances'])} instances.",
+        "",
+        "Each instance's bounding box against the true boxes: greedy matching at IoU >= 0.5 in "
+        "order of the instance's mean fish probability; AP50 = all-point interpolated area "
+        "under the precision-recall curve; one-instance share = true boxes holding exactly one "
+        "instance's box centre (0: missed or merged into a neighbour; 2+: cut into pieces).",
+        "",
+        "| figure | value |",
+        "|---|---|",
+    ]
+    for key in (
+        "instance_precision",
+        "instance_recall",
+        "ap50",
+        "one_instance_share",
+        "boxes_with_0",
+        "boxes_with_2plus",
+        "instance_count_mae",
+    ):
+        v = result.get(key)
+        lines.append(f"| {key} | {'-' if v is None or not np.isfinite(v) else f'{v:.3f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_instances(
+    instance_fn: Callable[[np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray]],
+    source: Sequence[dict[str, Any]],
+    *,
+    limit: int = 0,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Box figures of every example (``image``, ``boxes`` in model pixels, optional ``pad``)
+    of ``source``, and one row per image."""
+    triples = []
+    rows = []
+    n = len(source) if not limit else min(limit, len(source))
+    for i in range(n):
+        ex = source[i]
+        pad = ex.get("pad")
+        labels, prob = instance_fn(
+            np.asarray(ex["image"], np.float32), None if pad is None else np.asarray(pad, bool)
+        )
+        boxes = inst.labels_to_boxes(labels)
+        scores = inst.mean_per_instance(labels, prob)
+        true = np.asarray(ex["boxes"], np.float64).reshape(-1, 4)
+        triples.append((boxes, scores, true))
+        tp = inst.match_image(boxes, scores, true)
+        rows.append(
+            {
+                "id": str(ex.get("id", i)),
+                "num_boxes": len(true),
+                "num_instances": len(boxes),
+                "true_positives": int(tp.sum()),
+            }
+        )
+    result = inst.box_detection_metrics(triples)
+    errs = [abs(r["num_boxes"] - r["num_instances"]) for r in rows]
+    result["instance_count_mae"] = float(np.mean(errs)) if errs else float("nan")
+    return result, rows
+
+
+def run_instance_evaluation(
+    config: Any,
+    workdir: str | os.PathLike,
+    *,
+    split: str = "val",
+    which: str | int = "best",
+    method: str = "watershed",
+    output_dir: str | os.PathLike | None = None,
+    threshold: float = 0.5,
+    split_h: float = 2.0,
+    min_area: int = 1,
+    seeds: str = "activation",
+    limit: int = 0,
+) -> dict[str, Any]:
+    """Restores a checkpoint, evaluates its instances on a box split, writes the files (module
+    docstring). Process 0 computes and writes; in a multi-process job the others wait."""
+    from alcfcn_jax import sharding as shd
+    from alcfcn_jax.eval import inference, report
+
+    workdir = pathlib.Path(workdir)
+    out_dir = pathlib.Path(output_dir) if output_dir else report.default_output_dir(workdir, split)
+    run = inference.restore(config, workdir, which)
+    if not run.boxes:
+        raise ValueError(
+            f"instance evaluation needs box ground truth; dataset {config.data.dataset!r} has "
+            "none (use a 'boxes' or 'sample' dataset)"
+        )
+    if jax.process_index() != 0:
+        shd.barrier("instances_done")
+        return {}
+    ensure_writable_dir(out_dir, "--output_dir")
+    from flax import nnx
+
+    graphdef, state = nnx.split(run.model)
+    model = nnx.merge(graphdef, shd.localize(state))
+    fn = make_instance_fn(
+        model, method, threshold=threshold, split_h=split_h, min_area=min_area, seeds=seeds
+    )
+    split_name = report.resolve_split(run.data_cfg, split)
+    source = run.source(split_name)
+    result, rows = evaluate_instances(fn, source, limit=limit)
+    result["meta"] = {
+        "instances": method,
+        "split": split,
+        "split_name": split_name,
+        "checkpoint": str(which),
+        "step": int(run.step),
+        "workdir": str(workdir),
+        "threshold": threshold,
+        "split_h": split_h,
+        "min_area": min_area,
+        "seeds": seeds if method == "embedding" else None,
+        "limit": limit,
+    }
+    stem = f"instances_{method}"
+    write_json_atomic(out_dir / f"{stem}.json", result)
+    write_text_atomic(out_dir / f"{stem}.md", render_markdown(result))
+    cols = ("id", "num_boxes", "num_instances", "true_positives")
+    write_text_atomic(out_dir / f"{stem}.csv", csv_text(rows, cols))
+    shd.barrier("instances_done")
+    return result
+
+
+def main(argv: Sequence[str]) -> None:
+    """absl entry point (flags in :func:`define_flags`)."""
+    del argv
+    from absl import flags
+
+    from alcfcn_jax import distributed
+    from alcfcn_jax.train.config import resolve
+
+    jax.config.parse_flags_with_absl()
+    distributed.initialize_from_flags()
+    f = flags.FLAGS
+    which: str | int = f.checkpoint if f.checkpoint in ("best", "latest") else int(f.checkpoint)
+    result = run_instance_evaluation(
+        resolve(f.config),
+        f.workdir,
+        split=f.split,
+        which=which,
+        method=f.instances,
+        output_dir=f.output_dir or None,
+        threshold=f.threshold,
+        split_h=f.split_h,
+        min_area=f.min_area,
+        seeds=f.seeds,
+        limit=f.limit,
+    )
+    if result:
+        print(
+            f"{f.split} ({f.instances}): precision {result['instance_precision']:.3f}  recall "
+            f"{result['instance_recall']:.3f}  AP50 {result['ap50']:.3f}  one-instance share "
+            f"{result['one_instance_share']:.3f}  ({int(result['num_images'])} images)"
+        )
+
+
+def define_flags() -> None:
+    """The flags of ``python -m alcfcn_jax.apps.instances``."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from alcfcn_jax import distributed
+
+    config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
+    flags.DEFINE_string("split", "val", "train | val | test, or a split name (a box split).")
+    flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
+    flags.DEFINE_enum("instances", "watershed", list(METHODS), "How fish are cut into instances.")
+    flags.DEFINE_enum("seeds", "activation", list(SEEDS), "Object locations (embedding only).")
+    flags.DEFINE_float("threshold", 0.5, "Fish-probability threshold.")
+    flags.DEFINE_float("split_h", 2.0, "Watershed: least neck depth (pixels) between two fish.")
+    flags.DEFINE_integer("min_area", 1, "Drop instances smaller than this (model pixels).")
+    flags.DEFINE_integer("limit", 0, "Evaluate only the first N images (0 = all).")
+    flags.DEFINE_string("output_dir", "", "Default <workdir>/eval/<split>.")
+    flags.mark_flags_as_required(["config", "workdir"])
+    distributed.define_flags()
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    from alcfcn_jax.config_utils import parse_flags
+
+    define_flags()
+    app.run(main, flags_parser=parse_flags)
