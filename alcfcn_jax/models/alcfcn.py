@@ -324,14 +324,6 @@ class WithoutWalk(nnx.Module):
     def cacheable(self) -> bool:
         return self.model.cacheable
 
-    def _emb(self, taps, padded: tuple[int, int], size: tuple[int, int]) -> jax.Array | None:
-        """The embedding on the ceil(size/8) grid, or None without the branch."""
-        if not self.embedding_dim:
-            return None
-        grid = (_ceil_div(padded[0], _STRIDE), _ceil_div(padded[1], _STRIDE))
-        e = self.emb_head(taps, grid=grid)
-        return e[:, : _ceil_div(size[0], _STRIDE), : _ceil_div(size[1], _STRIDE)]
-
     def from_taps(self, taps, size, *, train: bool = False, return_aux: bool = False):
         """``model.from_taps(..., walk=False)``."""
         return self.model.from_taps(taps, size, train=train, return_aux=return_aux, walk=False)
