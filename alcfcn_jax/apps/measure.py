@@ -89,12 +89,7 @@ def instance_labels(
             else:
                 labels[sl][local] = next_id
                 next_id += 1
-    if min_area > 1 and labels.max() > 0:
-        areas = np.bincount(labels.ravel())
-        small = areas < min_area
-        small[0] = False
-        labels = np.where(small[labels], 0, labels)
-    return _relabel_raster(labels)
+    return _relabel_raster(_drop_small(labels, min_area))
 
 
 def kmeans(x: np.ndarray, k: int, *, seed: int = 0, iters: int = 20) -> np.ndarray:
@@ -190,12 +185,7 @@ def embedding_instance_labels(
     centres = np.concatenate([objects, reps])
     owner = _nearest(emb[fish], centres)
     labels[fish] = np.where(owner < len(objects), owner + 1, 0)
-    if min_area > 1 and labels.max() > 0:
-        areas = np.bincount(labels.ravel())
-        small = areas < min_area
-        small[0] = False
-        labels = np.where(small[labels], 0, labels)
-    return _relabel_raster(labels)
+    return _relabel_raster(_drop_small(labels, min_area))
 
 
 def _h_dome_markers(dist: np.ndarray, h: float) -> tuple[np.ndarray, int]:
@@ -216,6 +206,15 @@ def _h_dome_markers(dist: np.ndarray, h: float) -> tuple[np.ndarray, int]:
     lut = np.zeros(n + 1, np.int32)
     lut[1:][tall] = np.arange(1, int(tall.sum()) + 1)
     return lut[comps], int(tall.sum())
+
+
+def _drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
+    """``labels`` with instances smaller than ``min_area`` pixels set to background."""
+    if min_area <= 1 or labels.max() == 0:
+        return labels
+    small = np.bincount(labels.ravel()) < min_area
+    small[0] = False
+    return np.where(small[labels], 0, labels)
 
 
 def _relabel_raster(labels: np.ndarray) -> np.ndarray:

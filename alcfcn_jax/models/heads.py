@@ -12,6 +12,7 @@ the wide taps first, at a fraction of the cost.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -75,6 +76,26 @@ class ActivationHead(nnx.Module):
         return align(logits.astype(jnp.float32), grid)
 
 
+def _same_conv(cin: int, cout: int, k: int, *, dtype, rngs: nnx.Rngs, **kw) -> nnx.Module:
+    """A k x k "same" convolution with bias and He-normal init (the decoder-style heads)."""
+    return conv2d(
+        cin,
+        cout,
+        k,
+        padding=k // 2,
+        bias=True,
+        kernel_init=kaiming_normal(cin * k * k),
+        dtype=dtype,
+        rngs=rngs,
+        **kw,
+    )
+
+
+def _layer_norm(width: int, *, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """LayerNorm over ``width`` channels, float32 parameters."""
+    return nnx.LayerNorm(width, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
 class DecoderHead(nnx.Module):
     """Activation logits from all three taps (not in the reference; ``model.cam_head="decoder"``).
 
@@ -115,21 +136,8 @@ class DecoderHead(nnx.Module):
         c4, c5, c6 = (int(c) for c in in_channels)
         w = int(width)
 
-        def conv(cin, cout, k, **kw):
-            return conv2d(
-                cin,
-                cout,
-                k,
-                padding=k // 2,
-                bias=True,
-                kernel_init=kaiming_normal(cin * k * k),
-                dtype=dtype,
-                rngs=rngs,
-                **kw,
-            )
-
-        def norm():
-            return nnx.LayerNorm(w, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        conv = functools.partial(_same_conv, dtype=dtype, rngs=rngs)
+        norm = functools.partial(_layer_norm, w, dtype=dtype, rngs=rngs)
 
         self.proj4, self.norm4 = conv(c4, w, 1), norm()
         self.proj5, self.norm5 = conv(c5, w, 1), norm()
@@ -192,20 +200,8 @@ class EmbeddingHead(nnx.Module):
         c4, c5, c6 = (int(c) for c in in_channels)
         w = int(width)
 
-        def conv(cin, cout, k):
-            return conv2d(
-                cin,
-                cout,
-                k,
-                padding=k // 2,
-                bias=True,
-                kernel_init=kaiming_normal(cin * k * k),
-                dtype=dtype,
-                rngs=rngs,
-            )
-
-        def norm():
-            return nnx.LayerNorm(w, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        conv = functools.partial(_same_conv, dtype=dtype, rngs=rngs)
+        norm = functools.partial(_layer_norm, w, dtype=dtype, rngs=rngs)
 
         self.dim = int(dim)
         self.proj4, self.norm4 = conv(c4, w, 1), norm()
