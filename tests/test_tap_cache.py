@@ -279,3 +279,34 @@ def test_file_sources_are_keyed_by_file_bytes_and_preprocessing(tmp_path):
     calls.clear()
     Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(root / "images" / "f1.png")
     assert build(32, calls).key != first.key and calls  # another picture
+
+
+def test_stage_two_on_pseudo_masks_reuses_the_stage_one_cache(tmp_path):
+    """Pseudo masks change the labels, not the images: the store built for stage 1 is reused."""
+    from PIL import Image
+
+    from alcfcn_jax.data import default_data_config, get_source
+    from alcfcn_jax.data.pseudo_masks import PseudoMaskSource
+
+    root = tmp_path / "frames"
+    _frames_folder(root)
+    cfg = default_data_config("boxes")
+    cfg.letterbox = "none"
+    cfg.data_dir = str(root)
+    cfg.image_short_side = 32
+    source = get_source(cfg, "all")
+    calls = []
+    first = _build(source, tmp_path / "cache", calls)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for i in range(len(source)):
+        ex_id = source[i]["id"]
+        Image.fromarray(np.full((48, 64), 255 * (i % 2), np.uint8)).save(masks / f"{ex_id}.png")
+    wrapped = PseudoMaskSource(source, masks)
+    assert wrapped.settings == source.settings
+    assert [wrapped.fingerprint(i) for i in range(3)] == [source.fingerprint(i) for i in range(3)]
+    assert [wrapped.label_count(i) for i in range(3)] == [1, 1, 1]
+    calls.clear()
+    assert _build(wrapped, tmp_path / "cache", calls).key == first.key and not calls
+    cached = tap_cache.TapSource(wrapped, first, BATCHING)
+    assert int(cached[1]["mask"].max()) == 1 and int(cached[0]["mask"].max()) == 0

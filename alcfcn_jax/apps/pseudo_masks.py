@@ -26,6 +26,7 @@ barrier.
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import time
@@ -55,6 +56,21 @@ from alcfcn_jax.eval import evaluation, inference, metrics
 from alcfcn_jax.eval.report import model_summary
 from alcfcn_jax.io import read_json, save_png_atomic, write_json_atomic
 from alcfcn_jax.models import outputs
+
+
+def _log_progress(done: int, batch: int, total: int, every: int, t0: float) -> None:
+    """Logs this process's progress each time it passes a multiple of ``every`` examples."""
+    if done == 0 or (done + batch) // every == done // every:
+        return
+    rate = done / max(time.perf_counter() - t0, 1e-9)
+    local_total = math.ceil(total / jax.process_count())
+    logging.info(
+        "pseudo masks: %d/%d images on this process (%.1f/s, ETA %.0f s)",
+        done,
+        local_total,
+        rate,
+        max(local_total - done, 0) / max(rate, 1e-9),
+    )
 
 
 def _make_mask_step(model: nnx.Module, mesh: jax.sharding.Mesh | None):
@@ -133,8 +149,10 @@ def generate(
     cf_rows: list[np.ndarray] = []
     with_mask: list[int] = []
     n_written = 0
+    log_every = max(expected_count // 10, 1)
     for batch in batches:
         b = len(batch["id"])
+        _log_progress(len(ids), b, expected_count, log_every, t0)
         valid = np.asarray(batch.get("valid", np.ones((b,), bool)), bool)
         paths = [mask_path(out_dir, str(i)) for i in batch["id"]]
         todo = [bool(valid[i]) and not paths[i].exists() for i in range(b)]

@@ -23,6 +23,7 @@ import numpy as np
 
 from alcfcn_jax.data import preprocess as pp
 from alcfcn_jax.data.errors import DataError
+from alcfcn_jax.data.source import example_count
 
 MANIFEST = "manifest.json"
 PROGRESS = ".in_progress.json"
@@ -210,6 +211,23 @@ class PseudoMaskSource(Sequence):
 
     def __len__(self) -> int:
         return len(self.source)
+
+    # The images, their ids and counts are the wrapped source's: its content fingerprints and
+    # settings still identify them (so a feature cache built for stage 1 is reused) and its
+    # label counts need no decoding.
+    @property
+    def settings(self) -> Any:
+        """The wrapped source's preprocessing settings (None when it has none)."""
+        return getattr(self.source, "settings", None)
+
+    def fingerprint(self, index: int) -> str | None:
+        """The wrapped source's fingerprint of the example's image (None when it has none)."""
+        fingerprint = getattr(self.source, "fingerprint", None)
+        return fingerprint(index) if callable(fingerprint) else None
+
+    def label_count(self, index: int) -> int | None:
+        """The example's click count, from the wrapped source."""
+        return example_count(self.source, index)
 
     def __getitem__(self, index: int) -> Example:  # type: ignore[override]
         ex = dict(self.source[index])
