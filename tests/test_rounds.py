@@ -85,6 +85,16 @@ def test_two_rounds_then_rerun_does_nothing(tmp_path, stage1, monkeypatch):
     assert saved["rounds"][1]["masks"]["checkpoint_step"] == best1
     assert saved["rounds"][1]["masks"]["miou_vs_true_masks"] is None
     assert saved["select_metric"] == "miou"
+    # Stage 1's own figures at its masks' checkpoint, read from its metrics.jsonl (a reference
+    # row, not a round).
+    stage1_step = json.loads((stage1 / "pseudo_masks" / "manifest.json").read_text())[
+        "checkpoint_step"
+    ]
+    rows = [json.loads(line) for line in (stage1 / "metrics.jsonl").read_text().splitlines()]
+    val_row = [r for r in rows if r["kind"] == "val" and r["step"] == stage1_step][-1]
+    assert saved["stage1"]["step"] == stage1_step and saved["stage1"]["workdir"] == str(stage1)
+    assert saved["stage1"]["val"]["mae"] == pytest.approx(val_row["val_mae"])
+    assert saved["stage1"]["val"]["miou"] == pytest.approx(val_row["val_miou"])
     for rec in saved["rounds"]:
         assert rec["trained"] is True
         assert set(rec["val"]) >= {"mae", "miou", "iou_fish"}
@@ -99,6 +109,7 @@ def test_two_rounds_then_rerun_does_nothing(tmp_path, stage1, monkeypatch):
     assert saved["best_round"] == rounds.best_round(figures, "miou")
     table = (w / "rounds.md").read_text()
     assert "| round |" in table and "| 2 | round 1 step" in table
+    assert f"| stage 1 | clicks | {stage1_step} |" in table
 
     # Rerunning the same command trains, writes and evaluates nothing.
     monkeypatch.setattr(loop, "run", _refuse)

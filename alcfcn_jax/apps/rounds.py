@@ -9,7 +9,7 @@ Layout::
     <workdir>/round_1/pseudo_masks/    round 1's masks (written only when round 2 will train)
     <workdir>/round_1/eval/val/        round 1's best checkpoint on the validation split
     <workdir>/round_2/                 a stage-2 run on round 1's masks, and so on
-    <workdir>/rounds.json, rounds.md   per-round validation figures, the best round, why it stopped
+    <workdir>/rounds.json, rounds.md   per-round validation figures (and stage 1's), the best round, why it stopped
 
 Why a config key read by ``train.py`` and not a separate command: a round is exactly a stage-2
 run, so the rounds take the stage-2 command unchanged plus ``--config.pm.rounds=R`` (recorded in
@@ -56,7 +56,7 @@ from alcfcn_jax.eval.report import run_evaluation
 from alcfcn_jax.io import read_json, write_json_atomic, write_text_atomic
 from alcfcn_jax.train import loop
 from alcfcn_jax.train.config import resolve
-from alcfcn_jax.train.metric_writer import quiet_library_logs
+from alcfcn_jax.train.metric_writer import quiet_library_logs, read_metrics
 
 ROUNDS_FILE = "rounds.json"
 ROUNDS_TABLE = "rounds.md"
@@ -168,6 +168,21 @@ def best_round(figures: Sequence[Mapping[str, Any]], metric: str) -> int | None:
     return best
 
 
+def stage1_record(stage1: pathlib.Path | None, step: Any) -> dict[str, Any] | None:
+    """Stage 1's validation figures at the checkpoint its masks came from (its ``metrics.jsonl``
+    row of that step), for comparison with the rounds; None when that row is not there."""
+    if stage1 is None or step is None or jax.process_index() != 0:
+        return None
+    try:
+        rows = read_metrics(stage1, kind="val")
+    except (OSError, ValueError):
+        return None
+    at_step = [row for row in rows if int(row.get("step", -1)) == int(step)]
+    if not at_step:
+        return None
+    return {"workdir": str(stage1), "step": int(step), "val": figures_of(at_step[-1], "val_")}
+
+
 def evaluate_round(config: Any, rdir: pathlib.Path, best_step: int) -> dict[str, float | None]:
     """The round's best checkpoint on the validation split: read back from
     ``<round>/eval/val/metrics.json`` when that file is from ``best_step``, else evaluated (and
@@ -193,6 +208,10 @@ def render_table(summary: Mapping[str, Any]) -> str:
         "| round | trained on | best step | " + " | ".join(cols) + " |",
         "|---" * (3 + len(cols)) + "|",
     ]
+    first = summary.get("stage1")
+    if first is not None:
+        cells = ["-" if first["val"].get(k) is None else f"{first['val'][k]:.4f}" for k in cols]
+        lines.append(f"| stage 1 | clicks | {first['step']} | " + " | ".join(cells) + " |")
     for rec in summary["rounds"]:
         vals = [rec["val"].get(k) for k in cols]
         cells = ["-" if v is None else f"{v:.4f}" for v in vals]
@@ -253,6 +272,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
         "rounds_requested": n_rounds,
         "select_metric": metric,
         "stage1_workdir": str(pm.stage1_workdir(config) or ""),
+        # Stage 1's own validation figures at its masks' checkpoint (a reference row; the early
+        # stop compares rounds only).
+        "stage1": None,
         "rounds": [],
         "best_round": None,
         "stopped_early": False,
@@ -279,6 +301,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
         manifest = read_json(mask_dir / pm.MANIFEST) if jax.process_index() == 0 else None
         manifest = shd.gather_json(manifest)[0]
         origin = "stage 1" if r == 1 else f"round {r - 1}"
+        if r == 1:
+            step = (manifest or {}).get("checkpoint_step")
+            summary["stage1"] = shd.gather_json(stage1_record(pm.stage1_workdir(config), step))[0]
         record = {
             "round": r,
             "workdir": str(rdir),
