@@ -253,16 +253,24 @@ def _frames_folder(root, n=3, seed=0):
         (root / "labels" / f"f{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
 
 
-def test_file_sources_are_keyed_by_file_bytes_and_preprocessing(tmp_path):
-    from PIL import Image
-
-    from alcfcn_jax.data import default_data_config, get_source
+def _frames_data_config(tmp_path):
+    """A box-folder data config over a fresh ``_frames_folder`` (returns it and the folder)."""
+    from alcfcn_jax.data import default_data_config
 
     root = tmp_path / "frames"
     _frames_folder(root)
     cfg = default_data_config("boxes")
     cfg.letterbox = "none"
     cfg.data_dir = str(root)
+    return cfg, root
+
+
+def test_file_sources_are_keyed_by_file_bytes_and_preprocessing(tmp_path):
+    from PIL import Image
+
+    from alcfcn_jax.data import get_source
+
+    cfg, root = _frames_data_config(tmp_path)
 
     def build(short, calls):
         cfg.image_short_side = short
@@ -285,14 +293,10 @@ def test_stage_two_on_pseudo_masks_reuses_the_stage_one_cache(tmp_path):
     """Pseudo masks change the labels, not the images: the store built for stage 1 is reused."""
     from PIL import Image
 
-    from alcfcn_jax.data import default_data_config, get_source
+    from alcfcn_jax.data import get_source
     from alcfcn_jax.data.pseudo_masks import PseudoMaskSource
 
-    root = tmp_path / "frames"
-    _frames_folder(root)
-    cfg = default_data_config("boxes")
-    cfg.letterbox = "none"
-    cfg.data_dir = str(root)
+    cfg, _ = _frames_data_config(tmp_path)
     cfg.image_short_side = 32
     source = get_source(cfg, "all")
     calls = []
