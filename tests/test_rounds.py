@@ -57,6 +57,13 @@ def _refuse(*args, **kwargs):
 
 def test_two_rounds_then_rerun_does_nothing(tmp_path, stage1, monkeypatch):
     w = tmp_path / "pm"
+    real_stage1_record = rounds.stage1_record
+
+    def lenient(stage1_dir, step):  # round 1 is never worse than stage 1 here: both rounds train
+        rec = real_stage1_record(stage1_dir, step)
+        return {**rec, "val": {**rec["val"], "miou": 0.0}}
+
+    monkeypatch.setattr(rounds, "stage1_record", lenient)
     summary = rounds.run(stage2_config(stage1, 2), w)
 
     r1, r2 = w / "round_1", w / "round_2"
@@ -94,7 +101,10 @@ def test_two_rounds_then_rerun_does_nothing(tmp_path, stage1, monkeypatch):
     val_row = [r for r in rows if r["kind"] == "val" and r["step"] == stage1_step][-1]
     assert saved["stage1"]["step"] == stage1_step and saved["stage1"]["workdir"] == str(stage1)
     assert saved["stage1"]["val"]["mae"] == pytest.approx(val_row["val_mae"])
-    assert saved["stage1"]["val"]["miou"] == pytest.approx(val_row["val_miou"])
+    real = real_stage1_record(stage1, stage1_step)
+    assert real["val"]["miou"] == pytest.approx(val_row["val_miou"])
+    assert real["val"]["mae"] == pytest.approx(val_row["val_mae"])
+    assert real_stage1_record(stage1, 10**6) is None  # no logged figures at that step
     for rec in saved["rounds"]:
         assert rec["trained"] is True
         assert set(rec["val"]) >= {"mae", "miou", "iou_fish"}
@@ -103,7 +113,7 @@ def test_two_rounds_then_rerun_does_nothing(tmp_path, stage1, monkeypatch):
         assert rec["val"]["mae"] == pytest.approx(metrics["mae"])
         assert metrics["meta"]["step"] == rec["best_step"]
     figures = [rec["val"] for rec in saved["rounds"]]
-    assert saved["stop_reason"] == rounds.stop_reason(figures, "miou")
+    assert saved["stop_reason"] == rounds.stop_reason(figures, "miou", saved["stage1"]["val"])
     assert saved["stopped_early"] == (saved["stop_reason"] is not None)
     assert saved["complete"] == (not saved["stopped_early"])
     assert saved["best_round"] == rounds.best_round(figures, "miou")
@@ -132,10 +142,25 @@ def test_two_rounds_then_rerun_does_nothing(tmp_path, stage1, monkeypatch):
     assert json.loads((w / "rounds.json").read_text())["stopped_early"] is True
     assert "Stopped early" in (w / "rounds.md").read_text()
 
+    # Round 1 worse than stage 1 (whose masks it trained on): the rounds stop after round 1.
+    monkeypatch.setattr(
+        rounds,
+        "stage1_record",
+        lambda d, step: {"workdir": str(d), "step": step, "val": {"miou": 0.9}},
+    )
+    first_only = rounds.run(stage2_config(stage1, 3), w)
+    assert first_only["stopped_early"] and len(first_only["rounds"]) == 1
+    assert "round 1 is worse than stage 1" in first_only["stop_reason"]
+    assert "| stage 1 | clicks |" in (w / "rounds.md").read_text()
+
 
 def test_stop_rule_on_hand_made_figures():
     mae = [{"mae": 2.0}, {"mae": 1.5}, {"mae": 1.7}]
     assert rounds.stop_reason(mae[:1], "mae") is None  # one round: nothing to compare
+    # Round 1 against stage 1, the model whose masks it trained on (when its figures are known).
+    assert rounds.stop_reason(mae[:1], "mae", {"mae": 2.5}) is None
+    assert "round 1 is worse than stage 1" in rounds.stop_reason(mae[:1], "mae", {"mae": 1.0})
+    assert rounds.stop_reason(mae[:1], "mae", {"mae": None}) is None
     assert rounds.stop_reason(mae[:2], "mae") is None  # lower MAE is better
     reason = rounds.stop_reason(mae, "mae")
     assert "round 3 is worse than round 2" in reason and "lower is better" in reason

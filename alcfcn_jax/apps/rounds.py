@@ -30,10 +30,11 @@ best step); an interrupted round resumes from its latest checkpoint (``train.loo
 are up to date are not rewritten. Rerunning the same command on a finished run trains nothing.
 
 Early stop: after each round its best checkpoint is evaluated on the validation split; when a round
-is worse than the round before on the run's ``train.select_metric`` (``checkpoint.is_better``: a
-tie is not worse), the rounds stop there, say so in the log and in ``rounds.json``
-(``stopped_early``, ``stop_reason``), and no further masks are written. The decision is recomputed
-from the figures on every rerun, so a rerun stops at the same round.
+is worse on the run's ``train.select_metric`` (``checkpoint.is_better``: a tie is not worse) than
+the model whose masks it trained on (the round before; for round 1, stage 1 at its masks'
+checkpoint, by the figures stage 1 logged there), the rounds stop there, say so in the log and in
+``rounds.json`` (``stopped_early``, ``stop_reason``), and no further masks are written. The
+decision is recomputed from the figures on every rerun, so a rerun stops at the same round.
 """
 
 from __future__ import annotations
@@ -139,22 +140,31 @@ def figures_of(result: Mapping[str, Any], prefix: str = "") -> dict[str, float |
     return {k: _finite(result[prefix + k]) for k in FIGURES if prefix + k in result}
 
 
-def stop_reason(figures: Sequence[Mapping[str, Any]], metric: str) -> str | None:
+def stop_reason(
+    figures: Sequence[Mapping[str, Any]],
+    metric: str,
+    stage1: Mapping[str, Any] | None = None,
+) -> str | None:
     """Why the rounds stop after the last of ``figures`` (one dict per round, in order), or None
-    to go on: the last round is worse than the one before on ``metric`` (``checkpoint.is_better``
-    decides, lower-is-better aware; a tie is not worse; a missing or non-finite figure is worse
-    than a finite one)."""
-    if len(figures) < 2:
+    to go on: the last round is worse on ``metric`` than the model whose masks it trained on, the
+    round before or, for round 1, stage 1 (``stage1``: its figures, when known).
+    ``checkpoint.is_better`` decides, lower-is-better aware; a tie is not worse; a missing or
+    non-finite figure is worse than a finite one."""
+    if not figures:
         return None
-    prev = _finite(figures[-2].get(metric))
+    n = len(figures)
+    teacher = figures[-2] if n > 1 else stage1
+    if teacher is None:
+        return None
+    prev = _finite(teacher.get(metric))
     last = _finite(figures[-1].get(metric))
     if prev is None or is_better(math.nan if last is None else last, prev, metric):
         return None
-    n = len(figures)
     direction = "lower" if best_mode(metric) == "min" else "higher"
+    name = f"round {n - 1}" if n > 1 else "stage 1"
     return (
-        f"round {n} is worse than round {n - 1} on validation {metric} ({direction} is better): "
-        f"{last} vs {prev}"
+        f"round {n} is worse than {name} (whose masks it trained on) on validation {metric} "
+        f"({direction} is better): {last} vs {prev}"
     )
 
 
@@ -318,7 +328,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
         figures = [rec["val"] for rec in summary["rounds"]]
         summary["best_round"] = best_round(figures, metric)
         logging.info("Round %d/%d validation: %s", r, n_rounds, record["val"])
-        reason = stop_reason(figures, metric)
+        reason = stop_reason(figures, metric, (summary["stage1"] or {}).get("val"))
         if reason is not None:
             summary.update(stopped_early=True, stop_reason=reason)
             logging.warning("Stopping the pseudo-mask rounds early: %s", reason)
