@@ -151,7 +151,9 @@ def test_two_rounds_then_rerun_does_nothing(tmp_path, stage1, monkeypatch):
     first_only = rounds.run(stage2_config(stage1, 3), w)
     assert first_only["stopped_early"] and len(first_only["rounds"]) == 1
     assert "round 1 is worse than stage 1" in first_only["stop_reason"]
-    assert "| stage 1 | clicks |" in (w / "rounds.md").read_text()
+    table = (w / "rounds.md").read_text()
+    assert "| stage 1 | clicks |" in table
+    assert "Stage 1 is better than every round on validation miou." in table
 
 
 def test_stop_rule_on_hand_made_figures():
@@ -204,3 +206,28 @@ def test_rounds_config_and_workdir_checks(tmp_path):
     with pytest.raises(rounds.RoundsError, match="pseudo-mask rounds"):
         rounds.check_workdir(tmp_path / "multi", 1)
     rounds.check_workdir(tmp_path / "multi", 2)
+
+
+def test_table_says_when_stage_one_beats_every_round():
+    def summary(stage1_mae):
+        return {
+            "select_metric": "mae",
+            "stage1": {"step": 5, "val": {"mae": stage1_mae}},
+            "rounds": [
+                {
+                    "round": 1,
+                    "masks": {"from": "stage 1", "checkpoint_step": 5},
+                    "best_step": 2,
+                    "val": {"mae": 0.7},
+                },
+            ],
+            "stopped_early": False,
+            "complete": True,
+            "rounds_requested": 1,
+            "best_round": 1,
+        }
+
+    assert "Stage 1 is better than every round" in rounds.render_table(summary(0.6))
+    assert "Stage 1 is better" not in rounds.render_table(summary(0.7))  # a tie is not better
+    assert "Stage 1 is better" not in rounds.render_table(summary(0.8))
+    assert "| stage 1 | clicks | 5 | 0.6000 |" in rounds.render_table(summary(0.6))

@@ -237,6 +237,11 @@ def render_table(summary: Mapping[str, Any]) -> str:
         lines.append(f"All {summary['rounds_requested']} rounds finished.")
     if summary["best_round"] is not None:
         lines.append(f"Best round: {summary['best_round']}.")
+        best = _finite(summary["rounds"][summary["best_round"] - 1]["val"].get(metric))
+        first = _finite((summary.get("stage1") or {}).get("val", {}).get(metric))
+        strictly = best is None or not is_better(best, first, metric)  # a tie is not better
+        if first is not None and is_better(first, best, metric) and strictly:
+            lines.append(f"Stage 1 is better than every round on validation {metric}.")
     return "\n".join(lines) + "\n"
 
 
