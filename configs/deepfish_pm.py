@@ -27,19 +27,12 @@ from configs.common import parse_arg
 PRESETS = ("pm", "smoke")
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """FS-FCN on pseudo masks; ``arg`` "smoke" gives a tiny synthetic variant for tests."""
-    preset, _ = parse_arg(arg, file="configs/deepfish_pm.py", presets=PRESETS)
-    smoke = preset == "smoke"
-    config = deepfish.get_config("smoke" if smoke else "alcfcn")
-    config.model.with_affinity = False  # PM: ResNet-38 fc8 logits, no random walk
-    config.loss.name = "cross_entropy"
-    config.optim.lr = 1e-3 if smoke else 1e-5
-    config.data.config_name = "fish_loc"  # the FishLoc training images the masks were written for
+def add_stage2_sections(config: ml_collections.ConfigDict, *, stage1_workdir: str) -> None:
+    """The ``stage1`` and ``pm`` sections every stage-2 config has (also ``configs/frames.py``)."""
     config.stage1 = ml_collections.ConfigDict(
         {
             # The stage-1 (A-LCFCN) workdir: masks are read from <workdir>/pseudo_masks.
-            "workdir": "runs/alcfcn",
+            "workdir": stage1_workdir,
             # Which stage-1 checkpoint the masks must come from ("best", "latest" or a step).
             "which": "best",
             # Accept masks written from another checkpoint (not recommended).
@@ -49,4 +42,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Iterative rounds (alcfcn_jax/apps/rounds.py): R > 1 trains R stage-2 models in
     # <workdir>/round_<r>/, each on the pseudo masks of the one before (round 1 on stage 1's).
     config.pm = ml_collections.ConfigDict({"rounds": 1})
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """FS-FCN on pseudo masks; ``arg`` "smoke" gives a tiny synthetic variant for tests."""
+    preset, _ = parse_arg(arg, file="configs/deepfish_pm.py", presets=PRESETS)
+    smoke = preset == "smoke"
+    config = deepfish.get_config("smoke" if smoke else "alcfcn")
+    config.model.with_affinity = False  # PM: ResNet-38 fc8 logits, no random walk
+    config.loss.name = "cross_entropy"
+    config.optim.lr = 1e-3 if smoke else 1e-5
+    config.data.config_name = "fish_loc"  # the FishLoc training images the masks were written for
+    add_stage2_sections(config, stage1_workdir="runs/alcfcn")
     return config

@@ -45,7 +45,7 @@ from __future__ import annotations
 import ml_collections
 
 from alcfcn_jax.data.config import default_data_config
-from configs import deepfish
+from configs import deepfish, deepfish_pm
 from configs.common import parse_arg
 
 PRESETS = ("alcfcn_ref", "alcfcn", "lcfcn", "pm", "smoke", "pm_smoke")  # the first is the default
@@ -119,7 +119,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.with_affinity = False
     elif preset in ("alcfcn", "smoke"):
         config.loss.affinity_weight = 1.0
-        config.train.walk_warmup_steps = 1000
+        config.train.walk_warmup_steps = 2 if preset == "smoke" else 1000
     if preset in ("pm", "pm_smoke"):
         stage2(config)
     if preset in ("smoke", "pm_smoke"):
@@ -130,7 +130,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.data.prefetch = 0
         config.train.update(
             num_steps=4,
-            walk_warmup_steps=0 if preset == "pm_smoke" else 2,
             log_every=2,
             eval_every=4,
             checkpoint_every=4,
@@ -146,7 +145,4 @@ def stage2(config: ml_collections.ConfigDict) -> None:
     config.loss.name = "cross_entropy"
     config.loss.affinity_weight = 0.0
     config.train.walk_warmup_steps = 0
-    config.stage1 = ml_collections.ConfigDict(
-        {"workdir": "runs/frames", "which": "best", "allow_stale": False}
-    )
-    config.pm = ml_collections.ConfigDict({"rounds": 1})
+    deepfish_pm.add_stage2_sections(config, stage1_workdir="runs/frames")

@@ -218,18 +218,18 @@ def render_table(summary: Mapping[str, Any]) -> str:
         "| round | trained on | best step | " + " | ".join(cols) + " |",
         "|---" * (3 + len(cols)) + "|",
     ]
+
+    def row(name: str, source: str, step: Any, val: Mapping[str, Any]) -> str:
+        cells = ["-" if val.get(k) is None else f"{val[k]:.4f}" for k in cols]
+        return f"| {name} | {source} | {step} | " + " | ".join(cells) + " |"
+
     first = summary.get("stage1")
     if first is not None:
-        cells = ["-" if first["val"].get(k) is None else f"{first['val'][k]:.4f}" for k in cols]
-        lines.append(f"| stage 1 | clicks | {first['step']} | " + " | ".join(cells) + " |")
+        lines.append(row("stage 1", "clicks", first["step"], first["val"]))
     for rec in summary["rounds"]:
-        vals = [rec["val"].get(k) for k in cols]
-        cells = ["-" if v is None else f"{v:.4f}" for v in vals]
         src = rec["masks"]
-        lines.append(
-            f"| {rec['round']} | {src['from']} step {src['checkpoint_step']} | "
-            f"{rec['best_step']} | " + " | ".join(cells) + " |"
-        )
+        source = f"{src['from']} step {src['checkpoint_step']}"
+        lines.append(row(str(rec["round"]), source, rec["best_step"], rec["val"]))
     lines.append("")
     if summary["stopped_early"]:
         lines.append(f"Stopped early: {summary['stop_reason']}.")
@@ -237,10 +237,8 @@ def render_table(summary: Mapping[str, Any]) -> str:
         lines.append(f"All {summary['rounds_requested']} rounds finished.")
     if summary["best_round"] is not None:
         lines.append(f"Best round: {summary['best_round']}.")
-        best = _finite(summary["rounds"][summary["best_round"] - 1]["val"].get(metric))
-        first = _finite((summary.get("stage1") or {}).get("val", {}).get(metric))
-        strictly = best is None or not is_better(best, first, metric)  # a tie is not better
-        if first is not None and is_better(first, best, metric) and strictly:
+        best = summary["rounds"][summary["best_round"] - 1]["val"]
+        if first is not None and stop_reason([best], metric, first["val"]) is not None:
             lines.append(f"Stage 1 is better than every round on validation {metric}.")
     return "\n".join(lines) + "\n"
 
@@ -287,8 +285,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
         "rounds_requested": n_rounds,
         "select_metric": metric,
         "stage1_workdir": str(pm.stage1_workdir(config) or ""),
-        # Stage 1's own validation figures at its masks' checkpoint (a reference row; the early
-        # stop compares rounds only).
+        # Stage 1's own validation figures at its masks' checkpoint (a row of the table; round 1
+        # stops the rounds when it is worse).
         "stage1": None,
         "rounds": [],
         "best_round": None,
