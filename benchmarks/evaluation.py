@@ -60,7 +60,7 @@ def run(
 ) -> dict:
     """Runs the measurements; returns a dict of figures."""
     from alcfcn_jax import sharding as shd
-    from alcfcn_jax.apps import measure
+    from alcfcn_jax.eval import measure
     from alcfcn_jax.eval import evaluation
     from alcfcn_jax.models import build_model
 

@@ -1,8 +1,8 @@
-"""WISE's test-time assignment (apps/measure.embedding_instance_labels) on drawn touching fish."""
+"""WISE's test-time assignment (eval/measure.embedding_instance_labels) on drawn touching fish."""
 
 import numpy as np
 
-from alcfcn_jax.apps import measure
+from alcfcn_jax.eval import measure
 
 
 def _ellipse(shape, cy, cx, ry, rx):

@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from alcfcn_jax.apps import measure, predict
+from alcfcn_jax.apps import predict
+from alcfcn_jax.eval import measure
 from alcfcn_jax.data.errors import DataError
 
 

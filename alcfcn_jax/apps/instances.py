@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alcfcn_jax.apps import measure
+from alcfcn_jax.eval import measure
 from alcfcn_jax.eval import evaluation
 from alcfcn_jax.eval import instances as inst
 from alcfcn_jax.io import csv_text, ensure_writable_dir, write_json_atomic, write_text_atomic

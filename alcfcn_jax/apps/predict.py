@@ -9,7 +9,7 @@ Each image (any size, JPEG / PNG / BMP / TIFF / WebP, subfolders with ``--recurs
 preprocessed exactly as the checkpoint's training run did (``data.Preprocessing`` recorded with
 the checkpoint: letterbox bars cropped or masked, short side resized to
 ``data.image_short_side`` with PIL bilinear, ImageNet normalisation), the checkpoint's refined
-fish probability is computed, fish instances are separated and measured (``alcfcn_jax.apps.measure``:
+fish probability is computed, fish instances are separated and measured (``alcfcn_jax.eval.measure``:
 blobs of ``prob > threshold`` split by a distance-transform watershed where two fish touch, or with
 ``--instances=embedding`` assigned by the embedding branch, ``alcfcn_jax.apps.instances``), and
 the results are written to ``--output_dir``:
@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw
 from alcfcn_jax import distributed
 from alcfcn_jax import sharding as shd
 from alcfcn_jax.apps import instances as inst_app
-from alcfcn_jax.apps import measure
+from alcfcn_jax.eval import measure
 from alcfcn_jax.data import preprocess as pp
 from alcfcn_jax.data.errors import DataError
 from alcfcn_jax.eval import metrics, viz
