@@ -60,8 +60,7 @@ def run(
 ) -> dict:
     """Runs the measurements; returns a dict of figures."""
     from alcfcn_jax import sharding as shd
-    from alcfcn_jax.eval import measure
-    from alcfcn_jax.eval import evaluation
+    from alcfcn_jax.eval import evaluation, measure
     from alcfcn_jax.models import build_model
 
     on_cpu = jax.devices()[0].platform == "cpu"

@@ -66,3 +66,75 @@ def test_labels_to_boxes_and_means():
     assert inst.labels_to_boxes(labels).tolist() == [[2, 1, 5, 3], [7, 4, 8, 5]]
     prob = np.where(labels == 1, 0.8, 0.6)
     np.testing.assert_allclose(inst.mean_per_instance(labels, prob), [0.8, 0.6])
+
+
+def _extent_case():
+    """Two images whose figures are worked out by hand below."""
+    # Image 1 (20x30): true boxes A (10x5) and B (8x4). Instance 1 covers rows 3-5, columns 4-9
+    # of A (18 pixels, box (4,3,10,6): IoU 18/50 = 0.36, centred on A's centre); instance 2 is a
+    # 2x2 false alarm outside both boxes. B has nothing.
+    lab1 = np.zeros((20, 30), np.int32)
+    lab1[3:6, 4:10] = 1
+    lab1[10:12, 20:22] = 2
+    prob1 = np.where(lab1 == 1, 0.9, np.where(lab1 == 2, 0.6, 0.1))
+    true1 = np.array([[2, 2, 12, 7], [20, 14, 28, 18]], float)
+    # Image 2 (5x12): true box C (10x3) predicted exactly (IoU 1, length 10 = its long side).
+    lab2 = np.zeros((5, 12), np.int32)
+    lab2[0:3, 0:10] = 1
+    prob2 = np.where(lab2 == 1, 0.8, 0.0)
+    true2 = np.array([[0, 0, 10, 3]], float)
+    return [inst.image_record(lab1, prob1, true1), inst.image_record(lab2, prob2, true2)]
+
+
+def test_extent_figures_worked_by_hand():
+    recs = _extent_case()
+    assert recs[0]["pred_boxes"] == [[4, 3, 10, 6], [20, 10, 22, 12]]
+    assert recs[0]["coverage"] == [pytest.approx(0.36), 0.0]
+    assert (recs[0]["fish_pixels"], recs[0]["fish_in_boxes"]) == (22, 18)
+    m = inst.extent_metrics(recs)
+    # Ranked: 0.9 (IoU 0.36), 0.8 (IoU 1), 0.6 (IoU 0); three true boxes.
+    assert m["ap50"] == pytest.approx(1 / 6)  # FP, TP at precision 1/2, FP
+    assert m["ap30"] == pytest.approx(2 / 3)  # TP, TP, FP
+    assert m["ap70"] == pytest.approx(1 / 6)
+    assert m["ap50_95"] == pytest.approx(1 / 6)  # only C matches, at every threshold
+    assert m["instance_precision"] == pytest.approx(1 / 3)
+    assert m["best_iou_median"] == pytest.approx(0.36)  # A 0.36, B 0, C 1
+    assert m["best_iou_share50"] == pytest.approx(1 / 3)
+    assert m["box_coverage_median"] == pytest.approx(0.36)
+    assert m["pixel_precision"] == pytest.approx(48 / 52)
+    assert m["length_matched"] == 1 and m["length_in_range"] == 1.0
+    assert m["length_error_median"] == pytest.approx(0.0)
+    # True sizes on the predicted centres: instance 1 becomes A itself, instance 2 takes B's size
+    # and misses it, C stays: TP, TP, FP.
+    assert m["ap50_true_size"] == pytest.approx(2 / 3)
+
+
+def test_length_against_the_true_box():
+    # A 20x4 box; the instance covers 14 of its 20 columns: IoU 0.7 (matched), length 14 is
+    # below 0.9 x 20 (out of range), relative error 6 / 20.
+    lab = np.zeros((6, 24), np.int32)
+    lab[0:4, 0:14] = 1
+    m = inst.extent_metrics([inst.image_record(lab, lab * 1.0, np.array([[0, 0, 20, 4.0]]))])
+    assert m["length_matched"] == 1 and m["length_in_range"] == 0.0
+    assert m["length_error_median"] == pytest.approx(0.3)
+    # A diagonal bar is longer than the box's long side but within 1.1 x its diagonal.
+    lab = np.zeros((12, 12), np.int32)
+    for k in range(10):
+        lab[k, k] = lab[k, k + 1] = 1
+    m = inst.extent_metrics([inst.image_record(lab, lab * 1.0, np.array([[0, 0, 11, 10.0]]))])
+    assert m["length_matched"] == 1 and m["length_in_range"] == 1.0
+
+
+def test_box_pixels_take_pixel_centres():
+    assert inst.box_pixels((0.4, 0.6, 2.6, 2.4), (5, 5)) == (slice(1, 2), slice(0, 3))
+    assert inst.box_pixels((3.6, 0, 3.9, 5), (5, 5)) == (slice(0, 5), slice(4, 4))  # no centre
+    assert inst.box_pixels((-5, -5, 50, 50), (4, 6)) == (slice(0, 4), slice(0, 6))
+
+
+def test_extent_figures_of_nothing():
+    lab = np.zeros((8, 8), np.int32)
+    m = inst.extent_metrics([inst.image_record(lab, lab * 0.0, np.array([[0, 0, 4, 4.0]]))])
+    assert m["ap50"] == 0.0 and m["box_coverage_median"] == 0.0 and m["best_iou_median"] == 0.0
+    assert math.isnan(m["pixel_precision"]) and math.isnan(m["length_in_range"])
+    m = inst.extent_metrics([inst.image_record(lab, lab * 0.0, np.zeros((0, 4)))])
+    assert math.isnan(m["ap50"]) and math.isnan(m["box_coverage_median"])

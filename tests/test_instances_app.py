@@ -65,7 +65,19 @@ def test_evaluate_instances_on_boxes():
     result, rows = instances.evaluate_instances(fn, source)
     assert result["instance_precision"] == 1.0 and result["instance_recall"] == 0.5
     assert result["ap50"] == pytest.approx(0.5) and result["one_instance_share"] == 0.5
-    assert rows == [{"id": "x", "num_boxes": 2, "num_instances": 1, "true_positives": 1}]
+    cover_a = a.sum() / ((box_a[2] - box_a[0]) * (box_a[3] - box_a[1]))
+    assert rows == [
+        {
+            "id": "x",
+            "num_boxes": 2,
+            "num_instances": 1,
+            "true_positives": 1,
+            "best_iou_median": 0.5,  # 1 and 0
+            "box_coverage_median": pytest.approx(cover_a / 2),  # the ellipse in its box, and 0
+        }
+    ]
+    assert result["box_coverage_median"] == pytest.approx(cover_a / 2)
+    assert result["pixel_precision"] == 1.0 and result["length_in_range"] == 1.0
     assert result["instance_count_mae"] == 1.0
     md = instances.render_markdown(
         {

@@ -10,8 +10,8 @@ from flax import nnx
 from PIL import Image
 
 from alcfcn_jax.apps import predict
-from alcfcn_jax.eval import measure
 from alcfcn_jax.data.errors import DataError
+from alcfcn_jax.eval import measure
 
 
 def ellipse(h, w, cy, cx, a, b, angle_deg=0.0):

@@ -34,8 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alcfcn_jax.eval import measure
-from alcfcn_jax.eval import evaluation
+from alcfcn_jax.eval import evaluation, measure
 from alcfcn_jax.eval import instances as inst
 from alcfcn_jax.io import csv_text, ensure_writable_dir, write_json_atomic, write_text_atomic
 from alcfcn_jax.losses.embedding import upsample_embedding
@@ -116,27 +115,15 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         f"Checkpoint `{meta['checkpoint']}` (step {meta['step']}) in `{meta['workdir']}`; "
         f"{int(result['num_images'])} images, {int(result['num_true_boxes'])} true boxes, "
-        f"{int(result['num_instances'])} instances.",
+        f"{int(result['num_instances'])} instances (count MAE of instances "
+        f"{result['instance_count_mae']:.3f}).",
         "",
-        "Each instance's bounding box against the true boxes: greedy matching at IoU >= 0.5 in "
-        "order of the instance's mean fish probability; AP50 = all-point interpolated area "
-        "under the precision-recall curve; one-instance share = true boxes holding exactly one "
-        "instance's box centre (0: missed or merged into a neighbour; 2+: cut into pieces).",
+        "Each instance's bounding box against the true boxes: greedy matching in order of the "
+        "instance's mean fish probability; AP = all-point interpolated area under the "
+        "precision-recall curve (alcfcn_jax/eval/instances.py defines every figure).",
         "",
-        "| figure | value |",
-        "|---|---|",
+        *inst.figure_table(result),
     ]
-    for key in (
-        "instance_precision",
-        "instance_recall",
-        "ap50",
-        "one_instance_share",
-        "boxes_with_0",
-        "boxes_with_2plus",
-        "instance_count_mae",
-    ):
-        v = result.get(key)
-        lines.append(f"| {key} | {'-' if v is None or not np.isfinite(v) else f'{v:.3f}'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -146,9 +133,9 @@ def evaluate_instances(
     *,
     limit: int = 0,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Box figures of every example (``image``, ``boxes`` in model pixels, optional ``pad``)
-    of ``source``, and one row per image."""
-    triples = []
+    """Box and extent figures (``eval.instances.extent_metrics``) of every example (``image``,
+    ``boxes`` in model pixels, optional ``pad``) of ``source``, and one row per image."""
+    records = []
     rows = []
     n = len(source) if not limit else min(limit, len(source))
     for i in range(n):
@@ -157,20 +144,10 @@ def evaluate_instances(
         labels, prob = instance_fn(
             np.asarray(ex["image"], np.float32), None if pad is None else np.asarray(pad, bool)
         )
-        boxes = inst.labels_to_boxes(labels)
-        scores = inst.mean_per_instance(labels, prob)
-        true = np.asarray(ex["boxes"], np.float64).reshape(-1, 4)
-        triples.append((boxes, scores, true))
-        tp = inst.match_image(boxes, scores, true)
-        rows.append(
-            {
-                "id": str(ex.get("id", i)),
-                "num_boxes": len(true),
-                "num_instances": len(boxes),
-                "true_positives": int(tp.sum()),
-            }
-        )
-    result = inst.box_detection_metrics(triples)
+        rec = inst.image_record(labels, prob, ex["boxes"])
+        records.append(rec)
+        rows.append({"id": str(ex.get("id", i)), **inst.image_row(rec)})
+    result = inst.extent_metrics(records)
     errs = [abs(r["num_boxes"] - r["num_instances"]) for r in rows]
     result["instance_count_mae"] = float(np.mean(errs)) if errs else float("nan")
     return result, rows
@@ -233,8 +210,7 @@ def run_instance_evaluation(
     stem = f"instances_{method}"
     write_json_atomic(out_dir / f"{stem}.json", result)
     write_text_atomic(out_dir / f"{stem}.md", render_markdown(result))
-    cols = ("id", "num_boxes", "num_instances", "true_positives")
-    write_text_atomic(out_dir / f"{stem}.csv", csv_text(rows, cols))
+    write_text_atomic(out_dir / f"{stem}.csv", csv_text(rows, ("id", *inst.IMAGE_COLUMNS)))
     shd.barrier("instances_done")
     return result
 

@@ -45,10 +45,9 @@ from PIL import Image, ImageDraw
 from alcfcn_jax import distributed
 from alcfcn_jax import sharding as shd
 from alcfcn_jax.apps import instances as inst_app
-from alcfcn_jax.eval import measure
 from alcfcn_jax.data import preprocess as pp
 from alcfcn_jax.data.errors import DataError
-from alcfcn_jax.eval import metrics, viz
+from alcfcn_jax.eval import measure, metrics, viz
 from alcfcn_jax.io import (
     csv_text,
     ensure_writable_dir,

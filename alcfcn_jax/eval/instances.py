@@ -1,7 +1,9 @@
-"""Fish instances against true boxes: precision, recall, AP50 and the one-instance share.
+"""Fish instances against true boxes: detection and extent figures, defined once.
 
-Pure numpy; ``alcfcn_jax.apps.instances`` makes the instances (watershed or embedding) and calls
-:func:`box_detection_metrics` on them. Definitions (one split, every image pooled):
+Pure numpy. ``alcfcn_jax.apps.instances`` and ``evaluate.py`` (``eval.evaluation`` on box data) make
+the instances, reduce each image to an :func:`image_record` and pool the records of a split with
+:func:`extent_metrics`; :func:`box_detection_metrics` is the same from boxes and scores alone.
+Definitions (one split, every image pooled):
 
   * every predicted instance is a box (the bounding box of its pixels, ``x0, y0, x1, y1`` with
     pixel ``i`` spanning ``[i, i + 1)``) with a confidence (``apps.instances`` uses the instance's
@@ -16,13 +18,29 @@ Pure numpy; ``alcfcn_jax.apps.instances`` makes the instances (watershed or embe
     >= r, summed over the recall steps (VOC 2010+ / the usual ``mAP50`` of one class);
   * ``one_instance_share`` = share of true boxes that get exactly one instance, an instance
     belonging to the true box that contains its box centre (of those, the one of highest IoU).
-    0 instances = a missed or merged-away fish, 2 or more = a fish cut into pieces.
+    0 instances = a missed or merged-away fish, 2 or more = a fish cut into pieces;
+  * ``ap30``, ``ap50``, ``ap70``: the AP above with matches at IoU >= 0.3 / 0.5 / 0.7;
+    ``ap50_95`` = the mean of the APs at 0.50, 0.55, ..., 0.95 (COCO's box AP of one class);
+  * ``best_iou_median`` / ``best_iou_share50``: per true box the highest IoU of any instance box
+    of its image (0 without one), their median and the share >= 0.5;
+  * ``box_coverage_median``: per true box, the share of its pixels (pixels whose centre lies in
+    the box, as the box hit rate counts them) that are predicted fish (any instance), median
+    over the boxes; ``pixel_precision``: the share of predicted fish pixels that lie in some true
+    box, pooled over the split;
+  * length, for each instance matched at IoU >= 0.5: its length as ``predict`` measures it
+    (``eval.measure.measure_fish``: extent along the major axis) against its true box of long
+    side ``l`` and diagonal ``d``: ``length_in_range`` = share with ``0.9 l <= length <= 1.1 d``,
+    ``length_error_median`` = median of ``|length - l| / l`` (``length_matched`` instances);
+  * ``ap50_true_size`` (a diagnostic, never a method): the AP50 when every instance box is
+    replaced by the size of the true box nearest to its centre, centred where the instance is:
+    the AP that today's localisation reaches with perfect sizes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,14 +71,22 @@ def match_image(
     Predictions are visited by decreasing score (ties: in the given order); each takes the
     unmatched true box of highest IoU when that IoU is >= ``iou_threshold``.
     """
+    return assign_image(pred_boxes, scores, true_boxes, iou_threshold) >= 0
+
+
+def assign_image(
+    pred_boxes: np.ndarray, scores: np.ndarray, true_boxes: np.ndarray, iou_threshold: float = 0.5
+) -> np.ndarray:
+    """Greedy matching of one image (as :func:`match_image`): per prediction the index of its
+    true box, or -1 for a false positive."""
     pred_boxes = np.asarray(pred_boxes, np.float64).reshape(-1, 4)
     scores = np.asarray(scores, np.float64).reshape(-1)
     if len(scores) != len(pred_boxes):
         raise ValueError(f"{len(pred_boxes)} boxes but {len(scores)} scores")
-    tp = np.zeros(len(pred_boxes), bool)
+    owner = np.full(len(pred_boxes), -1, np.int64)
     true_boxes = np.asarray(true_boxes, np.float64).reshape(-1, 4)
     if len(pred_boxes) == 0 or len(true_boxes) == 0:
-        return tp
+        return owner
     iou = box_iou(pred_boxes, true_boxes)
     taken = np.zeros(len(true_boxes), bool)
     for i in np.argsort(-scores, kind="stable"):
@@ -68,8 +94,8 @@ def match_image(
         j = int(np.argmax(cand))
         if cand[j] >= iou_threshold:
             taken[j] = True
-            tp[i] = True
-    return tp
+            owner[i] = j
+    return owner
 
 
 def instances_per_box(pred_boxes: np.ndarray, true_boxes: np.ndarray) -> np.ndarray:
@@ -169,6 +195,200 @@ def box_detection_metrics(
     }
 
 
+IOU_THRESHOLDS_50_95 = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
+
+
+def box_pixels(box: Sequence[float], shape: tuple[int, int]) -> tuple[slice, slice]:
+    """Rows and columns of the pixels of a (H,W) map whose centre lies in ``box`` (x0,y0,x1,y1;
+    the box hit rate's rule: pixel (r, c) when x0 <= c + 0.5 <= x1 and y0 <= r + 0.5 <= y1)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    r0, r1 = max(0, math.ceil(y0 - 0.5)), min(shape[0], math.floor(y1 - 0.5) + 1)
+    c0, c1 = max(0, math.ceil(x0 - 0.5)), min(shape[1], math.floor(x1 - 0.5) + 1)
+    return slice(r0, max(r0, r1)), slice(c0, max(c0, c1))
+
+
+def image_record(labels: np.ndarray, prob: np.ndarray, true_boxes: np.ndarray) -> dict[str, Any]:
+    """What the extent figures need of one image, JSON-able (lists and ints).
+
+    Args:
+      labels: (H,W) instance labels (0 = background, 1..n).
+      prob: (H,W) fish probability (an instance's confidence is its mean).
+      true_boxes: (M,4) true boxes ``x0, y0, x1, y1`` in the map's pixels.
+
+    Returns:
+      ``pred_boxes`` (n,4), ``scores`` (n,), ``lengths`` (n,: ``eval.measure.instance_lengths``),
+      ``true_boxes`` (M,4), ``coverage`` (M,: share of the box's pixels that are fish, None for a
+      box holding no pixel centre), ``fish_pixels`` and ``fish_in_boxes`` (fish pixels, and those
+      inside some true box).
+    """
+    from alcfcn_jax.eval.measure import instance_lengths
+
+    labels = np.asarray(labels)
+    true_boxes = np.asarray(true_boxes, np.float64).reshape(-1, 4)
+    fish = labels > 0
+    in_boxes = np.zeros(fish.shape, bool)
+    coverage: list[float | None] = []
+    for box in true_boxes:
+        rows, cols = box_pixels(box, fish.shape)
+        in_boxes[rows, cols] = True
+        cell = fish[rows, cols]
+        coverage.append(float(cell.mean()) if cell.size else None)
+    return {
+        "pred_boxes": labels_to_boxes(labels).tolist(),
+        "scores": mean_per_instance(labels, prob).tolist(),
+        "lengths": instance_lengths(labels).tolist(),
+        "true_boxes": true_boxes.tolist(),
+        "coverage": coverage,
+        "fish_pixels": int(fish.sum()),
+        "fish_in_boxes": int((fish & in_boxes).sum()),
+    }
+
+
+def _arrays(record: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (
+        np.asarray(record["pred_boxes"], np.float64).reshape(-1, 4),
+        np.asarray(record["scores"], np.float64).reshape(-1),
+        np.asarray(record["true_boxes"], np.float64).reshape(-1, 4),
+    )
+
+
+def pooled_ap(records: Sequence[Mapping[str, Any]], iou_threshold: float) -> float:
+    """AP of the pooled instances of ``records`` at one IoU threshold (all-point)."""
+    scores, tp, n_true = [], [], 0
+    for rec in records:
+        pred, sc, true = _arrays(rec)
+        scores.append(sc)
+        tp.append(assign_image(pred, sc, true, iou_threshold) >= 0)
+        n_true += len(true)
+    return average_precision(
+        np.concatenate(scores) if scores else np.zeros(0),
+        np.concatenate(tp) if tp else np.zeros(0, bool),
+        n_true,
+    )
+
+
+def true_size_boxes(pred_boxes: np.ndarray, true_boxes: np.ndarray) -> np.ndarray:
+    """Each predicted box resized to the width and height of the true box whose centre is
+    nearest its centre, keeping its own centre (the ``ap50_true_size`` diagnostic)."""
+    pred_boxes = np.asarray(pred_boxes, np.float64).reshape(-1, 4)
+    true_boxes = np.asarray(true_boxes, np.float64).reshape(-1, 4)
+    if len(pred_boxes) == 0 or len(true_boxes) == 0:
+        return pred_boxes
+    pc = (pred_boxes[:, :2] + pred_boxes[:, 2:]) / 2
+    tc = (true_boxes[:, :2] + true_boxes[:, 2:]) / 2
+    near = np.argmin(((pc[:, None] - tc[None]) ** 2).sum(-1), axis=1)
+    half = (true_boxes[near, 2:] - true_boxes[near, :2]) / 2
+    return np.concatenate([pc - half, pc + half], axis=1)
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(np.median(values)) if len(values) else math.nan
+
+
+def extent_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Every figure of the module docstring from the :func:`image_record` of each image.
+
+    Returns the keys of :func:`box_detection_metrics` plus ``ap30``, ``ap70``, ``ap50_95``,
+    ``best_iou_median``, ``best_iou_share50``, ``box_coverage_median``, ``pixel_precision``,
+    ``length_matched``, ``length_in_range``, ``length_error_median`` and ``ap50_true_size``
+    (floats; NaN where undefined).
+    """
+    out = box_detection_metrics(_arrays(r) for r in records)
+    for t in (0.3, 0.7):
+        out[f"ap{round(t * 100)}"] = pooled_ap(records, t)
+    out["ap50_95"] = float(np.mean([pooled_ap(records, t) for t in IOU_THRESHOLDS_50_95]))
+    best_iou: list[float] = []
+    coverage: list[float] = []
+    in_range: list[bool] = []
+    length_err: list[float] = []
+    fish = inside = 0
+    for rec in records:
+        pred, scores, true = _arrays(rec)
+        iou = box_iou(pred, true)
+        best_iou.extend(iou.max(axis=0).tolist() if len(pred) else [0.0] * len(true))
+        coverage.extend(c for c in rec["coverage"] if c is not None)
+        fish += int(rec["fish_pixels"])
+        inside += int(rec["fish_in_boxes"])
+        lengths = np.asarray(rec["lengths"], np.float64).reshape(-1)
+        for i, j in enumerate(assign_image(pred, scores, true, 0.5)):
+            if j < 0:
+                continue
+            w, h = true[j, 2] - true[j, 0], true[j, 3] - true[j, 1]
+            long_side, diagonal = max(w, h), math.hypot(w, h)
+            in_range.append(0.9 * long_side <= lengths[i] <= 1.1 * diagonal)
+            length_err.append(abs(lengths[i] - long_side) / long_side)
+    n_true = len(best_iou)
+    out["best_iou_median"] = _median(best_iou)
+    out["best_iou_share50"] = float(np.mean(np.asarray(best_iou) >= 0.5)) if n_true else math.nan
+    out["box_coverage_median"] = _median(coverage)
+    out["pixel_precision"] = float(inside / fish) if fish else math.nan
+    out["length_matched"] = float(len(in_range))
+    out["length_in_range"] = float(np.mean(in_range)) if in_range else math.nan
+    out["length_error_median"] = _median(length_err)
+    resized = [
+        {**rec, "pred_boxes": true_size_boxes(*_arrays(rec)[::2]).tolist()} for rec in records
+    ]
+    out["ap50_true_size"] = pooled_ap(resized, 0.5)
+    return out
+
+
+# The figures of a report, in order, with what each one is (``evaluate.py`` and
+# ``python -m alcfcn_jax.apps.instances`` write the same table).
+EXTENT_FIGURES: tuple[tuple[str, str], ...] = (
+    ("instance_precision", "instances matched at IoU >= 0.5 / instances"),
+    ("instance_recall", "true boxes matched at IoU >= 0.5 / true boxes"),
+    ("ap30", "AP of instance boxes, matches at IoU >= 0.3"),
+    ("ap50", "AP at IoU >= 0.5"),
+    ("ap70", "AP at IoU >= 0.7"),
+    ("ap50_95", "mean AP over IoU 0.50:0.05:0.95 (COCO)"),
+    ("best_iou_median", "per true box, the best IoU of an instance box: median"),
+    ("best_iou_share50", "... share >= 0.5"),
+    ("box_coverage_median", "per true box, share of its pixels predicted fish: median"),
+    ("pixel_precision", "share of predicted fish pixels inside some true box"),
+    ("length_in_range", "matched instances with 0.9 x long side <= length <= 1.1 x diagonal"),
+    ("length_error_median", "matched instances: median |length - long side| / long side"),
+    ("one_instance_share", "true boxes holding exactly one instance's box centre"),
+    ("boxes_with_0", "... none (missed or merged into a neighbour)"),
+    ("boxes_with_2plus", "... two or more (cut into pieces)"),
+    ("ap50_true_size", "diagnostic: AP50 with each instance box given its nearest true box's size"),
+)
+
+# Per-image columns of ``image_row`` (CSV order).
+IMAGE_COLUMNS = (
+    "num_boxes",
+    "num_instances",
+    "true_positives",
+    "best_iou_median",
+    "box_coverage_median",
+)
+
+
+def image_row(record: Mapping[str, Any]) -> dict[str, float | int]:
+    """Per-image figures of an :func:`image_record` (``IMAGE_COLUMNS``)."""
+    pred, scores, true = _arrays(record)
+    iou = box_iou(pred, true)
+    best = iou.max(axis=0) if len(pred) else np.zeros(len(true))
+    cover = [c for c in record["coverage"] if c is not None]
+    return {
+        "num_boxes": len(true),
+        "num_instances": len(pred),
+        "true_positives": int((assign_image(pred, scores, true, 0.5) >= 0).sum()),
+        "best_iou_median": _median(best.tolist()),
+        "box_coverage_median": _median(cover),
+    }
+
+
+def figure_table(result: Mapping[str, Any]) -> list[str]:
+    """Markdown table lines (``| figure | value | meaning |``) of :data:`EXTENT_FIGURES`."""
+
+    def fmt(v: Any) -> str:
+        return "-" if v is None or not np.isfinite(v) else f"{v:.3f}"
+
+    lines = ["| figure | value | meaning |", "|---|---|---|"]
+    lines += [f"| {k} | {fmt(result.get(k))} | {text} |" for k, text in EXTENT_FIGURES]
+    return lines
+
+
 def labels_to_boxes(labels: np.ndarray) -> np.ndarray:
     """(n, 4) bounding boxes ``x0, y0, x1, y1`` (exclusive ends) of instances 1..n of a label map
     (an all-zero row for a missing number)."""
@@ -195,11 +415,22 @@ def mean_per_instance(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 __all__: Sequence[str] = (
+    "EXTENT_FIGURES",
+    "IMAGE_COLUMNS",
+    "IOU_THRESHOLDS_50_95",
+    "assign_image",
     "average_precision",
     "box_detection_metrics",
     "box_iou",
+    "box_pixels",
+    "extent_metrics",
+    "figure_table",
+    "image_record",
+    "image_row",
     "instances_per_box",
     "labels_to_boxes",
     "match_image",
     "mean_per_instance",
+    "pooled_ap",
+    "true_size_boxes",
 )

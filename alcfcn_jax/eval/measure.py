@@ -322,6 +322,20 @@ def _feret(ys: np.ndarray, xs: np.ndarray, sy: float, sx: float) -> float:
     return float(np.sqrt((diff**2).sum(-1)).max())
 
 
+def instance_lengths(labels: np.ndarray) -> np.ndarray:
+    """(n,) length of instances 1..n of ``labels`` in its pixels, as :func:`measure_fish`
+    reports ``length_px`` (extent along the major axis, edge to edge); NaN for a missing number."""
+    labels = np.asarray(labels)
+    n = int(labels.max()) if labels.size else 0
+    out = np.full(n, np.nan)
+    for k, sl in enumerate(ndi.find_objects(labels.astype(np.int32)), start=1):
+        if sl is None:
+            continue
+        ys, xs = np.nonzero(labels[sl] == k)
+        out[k - 1] = _measure_one(ys + sl[0].start, xs + sl[1].start, 1.0, 1.0).length
+    return out
+
+
 FRAMES = ("px", "orig")
 
 
