@@ -211,3 +211,26 @@ def test_bad_image_shape_is_a_clear_error():
     batch = {"image": np.zeros((1, 4, 4), np.float32)}
     with pytest.raises(ValueError, match=r"\(B,H,W,3\)"):
         evaluation.evaluate(ThresholdModel(), [batch])
+
+
+def test_box_mode_extent_figures():
+    # Blob 1 (2x2) lies in box A (4x4 pixels): coverage 1/4, box IoU 4/16 (no match at 0.5);
+    # blob 2 is outside every box; box B gets nothing.
+    h, w = 16, 16
+    pred = np.zeros((1, h, w), np.int32)
+    pred[0, 2:4, 2:4] = 1
+    pred[0, 12, 12] = 1
+    boxes = np.array([[[1.0, 1.0, 5.0, 5.0], [8.0, 0.0, 11.0, 4.0]]], np.float32)
+    batch = make_batch(pred, np.full((1, h, w), 255), np.full((1, h, w), 255), ["f"], ["h"])
+    batch["boxes"] = boxes
+    res = evaluation.evaluate(ThresholdModel(), [batch], boxes=True, per_image=True, extents=True)
+    assert res["ap50"] == 0.0 and res["ap30"] == 0.0 and res["num_instances"] == 2
+    assert res["best_iou_median"] == pytest.approx(0.125)  # 0.25 and 0
+    assert res["box_coverage_median"] == pytest.approx(0.125)
+    assert res["pixel_precision"] == pytest.approx(4 / 5)
+    row = res["per_image"][0]
+    assert row["num_instances"] == 2 and row["true_positives"] == 0
+    assert row["box_coverage_median"] == pytest.approx(0.125)
+    # Without extents the figures are not computed.
+    res = evaluation.evaluate(ThresholdModel(), [batch], boxes=True)
+    assert "ap50" not in res

@@ -36,8 +36,8 @@ from flax import nnx
 
 from alcfcn_jax import sharding as shd
 from alcfcn_jax.data.pipeline import split_taps
-from alcfcn_jax.eval import metrics
-from alcfcn_jax.models.outputs import IGNORE, prediction, upsample_logits
+from alcfcn_jax.eval import instances, measure, metrics
+from alcfcn_jax.models.outputs import IGNORE, fish_probability, prediction, upsample_logits
 
 GAME_LEVELS = (0, 1, 2, 3)
 # Per-image numeric row layout used for pooling and the multi-host gather.
@@ -76,7 +76,7 @@ def _build_forward(graphdef, return_aux: bool):
     return forward
 
 
-def _build_eval_step(graphdef):
+def _build_eval_step(graphdef, with_prob: bool = False):
     @jax.jit
     def eval_step(state, inputs, valid_px, labels):
         # ``inputs``: the images, or a {name: taps} dict from the frozen-trunk feature cache.
@@ -86,7 +86,8 @@ def _build_eval_step(graphdef):
             logits = model.from_taps(inputs, size, train=False)
         else:
             logits = model(inputs, train=False)
-        pred = prediction(upsample_logits(logits, size))
+        logits = upsample_logits(logits, size)
+        pred = prediction(logits)
         known = valid_px & (labels != IGNORE)
         # Clamp labels into {0,1} so the flat index stays in range; unknown pixels weigh zero.
         idx = pred * 2 + jnp.clip(labels, 0, 1)
@@ -94,6 +95,8 @@ def _build_eval_step(graphdef):
             jax.nn.one_hot(idx, 4, dtype=jnp.int32) * known[..., None].astype(jnp.int32),
             axis=(1, 2),
         ).reshape(-1, 2, 2)
+        if with_prob:
+            return pred.astype(jnp.uint8), cf, fish_probability(logits)
         return pred.astype(jnp.uint8), cf
 
     return eval_step
@@ -113,10 +116,13 @@ def make_forward(
     return lambda images: fwd(state, images)
 
 
-def _make_eval_step(model: nnx.Module, mesh: jax.sharding.Mesh | None):
-    """Step: (images, valid-pixel mask, labels) -> (pred uint8 (B,H,W), cf (B,2,2))."""
+def _make_eval_step(model: nnx.Module, mesh: jax.sharding.Mesh | None, with_prob: bool = False):
+    """Step: (images, valid-pixel mask, labels) -> (pred uint8 (B,H,W), cf (B,2,2)) and, with
+    ``with_prob``, the fish probability (B,H,W) float32."""
     graphdef, state = _put_state(model, mesh)
-    step = _cached("eval_step", graphdef, _build_eval_step)
+    step = _cached(
+        f"eval_step/prob={with_prob}", graphdef, lambda g: _build_eval_step(g, with_prob)
+    )
     return lambda *args: step(state, *args)
 
 
@@ -287,6 +293,8 @@ def evaluate(
     mesh: jax.sharding.Mesh | None = None,
     per_image: bool = False,
     boxes: bool = False,
+    extents: bool = False,
+    instance_fn: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Evaluates ``model`` (eval mode) over an iterable of numpy batches.
 
@@ -300,6 +308,10 @@ def evaluate(
         ``None`` runs on the default device.
       per_image: also return ``per_image`` rows (id, habitat, counts, IoU, GAME).
       boxes: ground truth points / counts from box centres, plus box hit rate and precision.
+      extents: with ``boxes``, also the instance-box and extent figures of
+        ``eval.instances.extent_metrics`` (AP50, box coverage, lengths...), the instances cut from
+        the fish probability by ``instance_fn`` (default ``eval.measure.instance_labels``, as
+        ``predict``).
 
     Returns:
       A dict of plain floats (``miou``, ``iou_bg``, ``iou_fish``, ``mae``, ``rmse``, ``game``,
@@ -309,7 +321,8 @@ def evaluate(
       dicts). Every process returns the same split-wide values.
     """
     t0 = time.perf_counter()
-    step = _make_eval_step(model, mesh)
+    extents = bool(extents and boxes)
+    step = _make_eval_step(model, mesh, with_prob=extents)
     multiple = local_batch_multiple(mesh)
     rows: dict[str, list] = collections.defaultdict(list)
 
@@ -321,7 +334,7 @@ def evaluate(
         return batch, prep, step(*args)
 
     def collect(batch, prep, out):
-        pred, cf = (shd.to_host(o, mesh) for o in out)
+        pred, cf, *prob = (shd.to_host(o, mesh) for o in out)
         n_real = prep["n_real"]
         valid = np.asarray(batch.get("valid", np.ones((n_real,), bool)), bool).reshape(n_real)
         pad = batch.get("pad")
@@ -351,6 +364,12 @@ def evaluate(
             if boxes:
                 hits, inside, n_pred = _box_stats(bx, pp)
                 rows["box"].append([len(bx), hits, inside, n_pred])
+            if extents:
+                fish = prob[0][i, :h, :w]
+                if pad is not None:
+                    fish = np.where(np.asarray(pad[i], bool)[:h, :w], fish, 0.0)
+                labels = (instance_fn or measure.instance_labels)(fish)
+                rows["extent"].append(instances.image_record(labels, fish, bx))
             rows["id"].append(str(ids[i]))
             rows["habitat"].append(str(habitats[i]))
 
@@ -376,6 +395,7 @@ def evaluate(
     # the per-image rows are those of a single process, row for row.
     numeric = shd.gather_arrays(numeric, interleave=True)
     strings = {k: shd.gather_list(rows[k], interleave=True) for k in ("id", "habitat")}
+    records = shd.gather_list(rows["extent"], interleave=True) if extents else []
     if len(strings["id"]) == 0:
         raise ValueError("evaluation got no images: the split is empty or every row was padding")
 
@@ -393,6 +413,8 @@ def evaluate(
     result["confusion"] = numeric["cf"].sum(axis=0).tolist()
     habitats = np.asarray(strings["habitat"])
     result["per_habitat"] = {h: summary(habitats == h) for h in sorted(set(strings["habitat"]))}
+    if extents:
+        result.update(instances.extent_metrics(records))
     if per_image:
         result["per_image"] = []
         for j, image_id in enumerate(strings["id"]):
@@ -409,6 +431,8 @@ def evaluate(
             }
             if boxes:
                 row["num_boxes"], row["box_hits"] = (int(v) for v in numeric["box"][j, :2])
+            if extents:
+                row.update(instances.image_row(records[j]))
             result["per_image"].append(row)
     seconds = time.perf_counter() - t0
     result["eval_seconds"] = seconds

@@ -54,8 +54,10 @@ PER_IMAGE_COLUMNS = (
 
 def per_image_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     """The per-image CSV text (columns ``PER_IMAGE_COLUMNS`` plus any box columns)."""
+    from alcfcn_jax.eval.instances import IMAGE_COLUMNS
+
     cols = list(PER_IMAGE_COLUMNS)
-    for extra in ("num_boxes", "box_hits"):
+    for extra in ("num_boxes", "box_hits", *IMAGE_COLUMNS[1:]):
         if rows and extra in rows[0]:
             cols.append(extra)
     return csv_text(rows, cols)
@@ -125,6 +127,19 @@ def render_report(result: Mapping[str, Any], *, meta: Mapping[str, Any]) -> str:
     for k in keys:
         if k in result:
             lines.append(f"| {k} | {_fmt(result[k])} |")
+    if "ap50" in result:
+        from alcfcn_jax.eval.instances import figure_table
+
+        lines += [
+            "",
+            "## Fish instances against the true boxes",
+            "",
+            "Instances: blobs of the fish probability cut by the watershed as `predict` does; "
+            "each instance's box matched greedily to the true boxes by its mean fish probability "
+            "(alcfcn_jax/eval/instances.py defines every figure).",
+            "",
+            *figure_table(result),
+        ]
     if meta.get("dataset") == "deepfish":
         lines += [
             "",
@@ -285,7 +300,9 @@ def run_evaluation(
     if len(source) == 0:
         raise ValueError(f"split {split!r} ({split_name!r}) of {config.data.dataset!r} is empty")
     batches = run.batches(source, config.train.eval_batch_size)
-    result = evaluation.evaluate(model, batches, mesh=run.mesh, per_image=True, boxes=run.boxes)
+    result = evaluation.evaluate(
+        model, batches, mesh=run.mesh, per_image=True, boxes=run.boxes, extents=run.boxes
+    )
     meta = {
         "method": method_name(config),
         "dataset": str(config.data.dataset),
