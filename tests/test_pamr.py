@@ -64,11 +64,11 @@ def test_constant_maps_stay_constant_and_probabilities_stay_probabilities():
     rng = np.random.default_rng(2)
     image = rng.uniform(0, 1, (1, 12, 10, 3))
     const = np.full((1, 12, 10, 2), 0.25)
-    np.testing.assert_allclose(np.asarray(pamr.pamr(image, const, iters=4)), 0.25, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(pamr.pamr(image, const, iters=4)), 0.25, rtol=1e-5)
     p = rng.uniform(0, 1, (1, 12, 10, 1))
     two = np.concatenate([p, 1 - p], -1)
     out = np.asarray(pamr.pamr(image, two, iters=4))
-    np.testing.assert_allclose(out.sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(out.sum(-1), 1.0, rtol=1e-5)
     assert out.min() >= 0 and out.max() <= 1
 
 

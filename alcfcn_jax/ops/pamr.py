@@ -13,7 +13,8 @@ pixels):
   * ``iters`` times: ``M_i <- sum_j w_ij M_j``.
 
 The weights depend on the image only; the map may be any number of channels (fish probability,
-two-class softmax). Everything is a pure function, jit- and grad-able, O(H W P) memory.
+two-class softmax). Everything is a pure function, jit- and grad-able; the shifted copies are
+summed one by one, so memory stays O(H W P) for the weights and O(H W K) for the map.
 """
 
 from __future__ import annotations
@@ -35,31 +36,42 @@ def neighbour_offsets(dilations: tuple[int, ...] = DILATIONS) -> tuple[tuple[int
     return tuple((dy * d, dx * d) for d in dilations for dy, dx in _RING)
 
 
-def _shifted(x: jax.Array, offsets, m: int) -> jax.Array:
-    """(B,H,W,len(offsets),C): x[b, y+dy, x+dx] for each offset, edges repeated."""
-    h, w = x.shape[1:3]
-    xp = jnp.pad(x, ((0, 0), (m, m), (m, m), (0, 0)), mode="edge")
-    return jnp.stack([xp[:, m + dy : m + dy + h, m + dx : m + dx + w] for dy, dx in offsets], 3)
+def _shift(xp: jax.Array, m: int, dy: int, dx: int, h: int, w: int) -> jax.Array:
+    """x[b, y+dy, x+dx] from an edge-padded (by ``m``) copy ``xp``."""
+    return xp[:, m + dy : m + dy + h, m + dx : m + dx + w]
+
+
+def _pad(x: jax.Array, m: int) -> jax.Array:
+    return jnp.pad(x, ((0, 0), (m, m), (m, m), (0, 0)), mode="edge")
 
 
 @functools.partial(jax.jit, static_argnames=("dilations",))
 def pamr_weights(image: jax.Array, dilations: tuple[int, ...] = DILATIONS) -> jax.Array:
     """(B,H,W,P) neighbour weights ``w_ij`` of an image (B,H,W,C) (module docstring)."""
     image = image.astype(jnp.float32)
+    h, w = image.shape[1:3]
     offsets = neighbour_offsets(dilations)
     m = max(dilations)
-    nb = _shifted(image, offsets, m)  # (B,H,W,P,C)
-    # The 3x3 window of every dilation: its 8 neighbours and the centre.
-    windows = jnp.concatenate(
+    xp = _pad(image, m)
+    # sigma over the 3x3 window of every dilation (its 8 neighbours and the centre), from running
+    # sums: no (B,H,W,P,C) stack.
+    n = 9 * len(dilations)
+    s1 = len(dilations) * image
+    s2 = len(dilations) * image**2
+    for dy, dx in offsets:
+        v = _shift(xp, m, dy, dx, h, w)
+        s1 = s1 + v
+        s2 = s2 + v**2
+    var = jnp.maximum(s2 - s1**2 / n, 0.0) / (n - 1)
+    scale = 1e-8 + 0.1 * jnp.sqrt(var)
+    logits = jnp.stack(
         [
-            jnp.concatenate([nb[:, :, :, 8 * k : 8 * k + 8], image[:, :, :, None]], axis=3)
-            for k in range(len(dilations))
+            jnp.mean(-jnp.abs(image - _shift(xp, m, dy, dx, h, w)) / scale, axis=-1)
+            for dy, dx in offsets
         ],
-        axis=3,
+        axis=-1,
     )
-    sigma = jnp.std(windows, axis=3, ddof=1)  # (B,H,W,C)
-    a = -jnp.abs(image[:, :, :, None] - nb) / (1e-8 + 0.1 * sigma[:, :, :, None])
-    return jax.nn.softmax(jnp.mean(a, axis=-1), axis=-1)
+    return jax.nn.softmax(logits, axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("iters", "dilations"))
@@ -77,12 +89,17 @@ def pamr(
     """
     if image.shape[:3] != maps.shape[:3]:
         raise ValueError(f"image {image.shape} and maps {maps.shape} must share (B,H,W)")
-    w = pamr_weights(image, dilations)[..., None]  # (B,H,W,P,1)
+    weights = pamr_weights(image, dilations)
     offsets = neighbour_offsets(dilations)
     m = max(dilations)
+    h, w = maps.shape[1:3]
 
     def step(x, _):
-        return jnp.sum(w * _shifted(x, offsets, m), axis=3), None
+        xp = _pad(x, m)
+        out = jnp.zeros_like(x)
+        for k, (dy, dx) in enumerate(offsets):
+            out = out + weights[..., k : k + 1] * _shift(xp, m, dy, dx, h, w)
+        return out, None
 
     out, _ = jax.lax.scan(step, maps.astype(jnp.float32), None, length=iters)
     return out
