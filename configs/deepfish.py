@@ -26,6 +26,7 @@ from __future__ import annotations
 import ml_collections
 
 from alcfcn_jax.data.config import default_data_config
+from alcfcn_jax.eval.outlines import INSTANCE_DEFAULTS
 from alcfcn_jax.models import MODEL_DEFAULTS
 from configs.common import parse_arg
 
@@ -152,6 +153,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.train = train_config()
     # Annotation budget on the training split: 0/0 = every training image.
     config.budget = ml_collections.ConfigDict({"n_background": 0, "n_fish": 0, "seed": 0})
+    # How predictions become fish instances (alcfcn_jax/eval/outlines.py).
+    config.instances = ml_collections.ConfigDict(dict(INSTANCE_DEFAULTS))
     return config
 
 

@@ -1,4 +1,4 @@
-"""Instances from a model (apps/instances.py): predict --instances, the box evaluation run."""
+"""Instances from a model (apps/instances.py): predict with config.instances, the box evaluation."""
 
 import csv
 
@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 
 from alcfcn_jax.apps import instances, predict
+from alcfcn_jax.eval.outlines import InstanceSettings
 from tests.test_predict import ThresholdModel, ellipse, photo_dir  # noqa: F401
+
+
+EMBEDDING = InstanceSettings(method="embedding")
 
 
 class EmbeddingModel(ThresholdModel):
@@ -29,7 +33,7 @@ class EmbeddingModel(ThresholdModel):
 def test_embedding_needs_the_branch(photo_dir, tmp_path):  # noqa: F811
     with pytest.raises(ValueError, match="embedding head"):
         predict.predict_folder(
-            ThresholdModel(), photo_dir, tmp_path / "o", short_side=32, instances="embedding"
+            ThresholdModel(), photo_dir, tmp_path / "o", short_side=32, instances=EMBEDDING
         )
     assert not (tmp_path / "o").exists()
 
@@ -37,9 +41,9 @@ def test_embedding_needs_the_branch(photo_dir, tmp_path):  # noqa: F811
 def test_predict_with_embedding_instances(photo_dir, tmp_path):  # noqa: F811
     out = tmp_path / "out"
     summary = predict.predict_folder(
-        EmbeddingModel(), photo_dir, out, short_side=32, instances="embedding"
+        EmbeddingModel(), photo_dir, out, short_side=32, instances=EMBEDDING
     )
-    assert summary["settings"]["instances"] == "embedding"
+    assert summary["settings"]["instances"]["method"] == "embedding"
     with open(out / "images.csv") as f:
         counts = {r["image"]: int(r["fish_count"]) for r in csv.DictReader(f)}
     assert counts == {"two_fish.jpg": 2, "odd.png": 1, "empty.png": 0}
@@ -61,7 +65,7 @@ def test_evaluate_instances_on_boxes():
     box_a = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
     # A second true box nothing was predicted in.
     source = [_example([a], [box_a, [30, 20, 40, 28]])]
-    fn = instances.make_instance_fn(ThresholdModel(), "watershed")
+    fn = instances.make_instance_fn(ThresholdModel())
     result, rows = instances.evaluate_instances(fn, source)
     assert result["instance_precision"] == 1.0 and result["instance_recall"] == 0.5
     assert result["ap50"] == pytest.approx(0.5) and result["one_instance_share"] == 0.5
@@ -83,7 +87,11 @@ def test_evaluate_instances_on_boxes():
         {
             **result,
             "meta": dict(
-                instances="watershed", split="val", checkpoint="best", step=1, workdir="w"
+                instances=InstanceSettings().to_dict(),
+                split="val",
+                checkpoint="best",
+                step=1,
+                workdir="w",
             ),
         }
     )

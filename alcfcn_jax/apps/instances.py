@@ -1,6 +1,7 @@
 """Fish instances from a trained checkpoint, and their evaluation against true boxes.
 
-Two ways to cut the predicted fish mask into fish (``--instances``):
+The instances follow ``config.instances`` (``eval/outlines.py``): a cut into fish, then an outline.
+Two cuts (``method``):
 
   * ``watershed`` (default): blobs of ``p(fish) > threshold`` split by the distance-transform
     watershed (``measure.instance_labels``); any model;
@@ -10,21 +11,26 @@ Two ways to cut the predicted fish mask into fish (``--instances``):
     (``seeds="activation"``, LCFCN's one-blob-per-fish map; the refined map for models without
     a walk) or of the refined map (``seeds="refined"``).
 
+and two outlines (``outline``): ``blobs`` (as cut) or ``grabcut`` (each instance grown to the
+fish's edges in the image).
+
 Evaluation on a box split (``python -m alcfcn_jax.apps.instances``)::
 
     python -m alcfcn_jax.apps.instances --config=configs/frames.py --workdir=runs/frames \
-        --split=val --instances=watershed [--checkpoint=best] [--output_dir=DIR]
+        --split=val [--config.instances.outline=grabcut] [--checkpoint=best] [--output_dir=DIR]
 
 restores the checkpoint as ``evaluate.py`` does (its recorded preprocessing), cuts every image of
 the split into instances, and compares each instance's bounding box with the true boxes
-(``eval.instances``: precision, recall, AP50, the share of true boxes with exactly one instance;
+(``eval.instances``: AP at several IoUs, best IoU per box, box coverage, pixel precision, lengths;
 confidence = the instance's mean fish probability). It writes
-``<workdir>/eval/<split>/instances_<method>.json`` (every figure and the settings), ``.md`` (a
-table) and ``.csv`` (per image: boxes, instances, true positives).
+``<workdir>/eval/<split>/instances_<method>[_<outline>].json`` (every figure and the settings),
+``.md`` (a table) and ``.csv`` (per image).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import pathlib
 from collections.abc import Callable, Sequence
@@ -34,14 +40,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alcfcn_jax.eval import evaluation, measure
+from alcfcn_jax.data.preprocess import denormalize
+from alcfcn_jax.eval import evaluation, measure, outlines
 from alcfcn_jax.eval import instances as inst
 from alcfcn_jax.io import csv_text, ensure_writable_dir, write_json_atomic, write_text_atomic
 from alcfcn_jax.losses.embedding import upsample_embedding
 from alcfcn_jax.models import outputs
 
-METHODS = ("watershed", "embedding")
-SEEDS = ("activation", "refined")
+METHODS = outlines.METHODS
+SEEDS = outlines.SEEDS
 
 
 def has_embedding(model: Any) -> bool:
@@ -52,34 +59,27 @@ def has_embedding(model: Any) -> bool:
 def check_method(model: Any, method: str) -> None:
     """Raises ValueError for an unknown method, or ``embedding`` on a model without the branch."""
     if method not in METHODS:
-        raise ValueError(f"--instances must be one of {METHODS}, got {method!r}")
+        raise ValueError(f"config.instances.method must be one of {METHODS}, got {method!r}")
     if method == "embedding" and not has_embedding(model):
         raise ValueError(
-            "--instances=embedding needs a model with an embedding head, trained with "
-            "config.model.embedding_dim > 0 (and loss.embedding_weight > 0); this checkpoint's "
-            "model has none: use --instances=watershed"
+            "config.instances.method='embedding' needs a model with an embedding head, trained "
+            "with config.model.embedding_dim > 0 (and loss.embedding_weight > 0); this "
+            "checkpoint's model has none: use --config.instances.method=watershed"
         )
 
 
 def make_instance_fn(
-    model: Any,
-    method: str = "watershed",
-    *,
-    threshold: float = 0.5,
-    split: bool = True,
-    split_h: float = 2.0,
-    min_area: int = 1,
-    seeds: str = "activation",
+    model: Any, settings: outlines.InstanceSettings | None = None
 ) -> Callable[[np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray]]:
     """``run(image (h,w,3) normalised, valid (h,w) or None) -> (labels (h,w) int32, prob (h,w))``.
 
-    Pixels outside ``valid`` (letterbox bars) are never fish. Raises ValueError as
-    :func:`check_method`.
+    The cut and the outline of ``settings`` (``eval.outlines``; default: watershed blobs). Pixels
+    outside ``valid`` (letterbox bars) are never fish. Raises ValueError as :func:`check_method`.
     """
-    check_method(model, method)
-    if seeds not in SEEDS:
-        raise ValueError(f"seeds must be one of {SEEDS}, got {seeds!r}")
+    settings = settings or outlines.InstanceSettings()
+    check_method(model, settings.method)
     fwd = evaluation.make_forward(model, return_aux=True)
+    cut = outlines.instance_fn(dataclasses.replace(settings, method="watershed"))
 
     def run(image: np.ndarray, valid: np.ndarray | None = None):
         size = image.shape[:2]
@@ -87,22 +87,24 @@ def make_instance_fn(
         prob = np.asarray(outputs.fish_probability(outputs.upsample_logits(logits, size)))[0]
         if valid is not None:
             prob = np.where(valid, prob, 0.0)
-        if method == "watershed":
-            labels = measure.instance_labels(
-                prob, threshold=threshold, split=split, split_h=split_h, min_area=min_area
-            )
-            return labels, prob
+        rgb = denormalize(image)
+        if settings.method == "watershed":
+            return cut(prob, rgb), prob
         emb = np.asarray(upsample_embedding(aux["embedding"], size))[0]
         seed_prob = prob
-        if seeds == "activation" and "aff_feats" in aux:
+        if settings.seeds == "activation" and "aff_feats" in aux:
             cam = outputs.upsample_logits(aux["cam"], size)
             seed_prob = np.asarray(outputs.fish_probability(cam))[0]
             if valid is not None:
                 seed_prob = np.where(valid, seed_prob, 0.0)
         labels = measure.embedding_instance_labels(
-            prob, emb, threshold=threshold, seed_prob=seed_prob, min_area=min_area
+            prob,
+            emb,
+            threshold=settings.threshold,
+            seed_prob=seed_prob,
+            min_area=settings.min_area,
         )
-        return labels, prob
+        return outlines.outline(labels, rgb, settings), prob
 
     return run
 
@@ -111,7 +113,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     """The report of one instance evaluation."""
     meta = result["meta"]
     lines = [
-        f"# Fish instances ({meta['instances']}) against true boxes: {meta['split']}",
+        f"# Fish instances against true boxes: {meta['split']}",
         "",
         f"Checkpoint `{meta['checkpoint']}` (step {meta['step']}) in `{meta['workdir']}`; "
         f"{int(result['num_images'])} images, {int(result['num_true_boxes'])} true boxes, "
@@ -120,7 +122,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         "Each instance's bounding box against the true boxes: greedy matching in order of the "
         "instance's mean fish probability; AP = all-point interpolated area under the "
-        "precision-recall curve (alcfcn_jax/eval/instances.py defines every figure).",
+        "precision-recall curve (alcfcn_jax/eval/instances.py defines every figure). "
+        f"Instances: {json.dumps(meta['instances'])} (alcfcn_jax/eval/outlines.py).",
         "",
         *inst.figure_table(result),
     ]
@@ -159,19 +162,16 @@ def run_instance_evaluation(
     *,
     split: str = "val",
     which: str | int = "best",
-    method: str = "watershed",
     output_dir: str | os.PathLike | None = None,
-    threshold: float = 0.5,
-    split_h: float = 2.0,
-    min_area: int = 1,
-    seeds: str = "activation",
     limit: int = 0,
 ) -> dict[str, Any]:
-    """Restores a checkpoint, evaluates its instances on a box split, writes the files (module
-    docstring). Process 0 computes and writes; in a multi-process job the others wait."""
+    """Restores a checkpoint, evaluates its instances (``config.instances``) on a box split,
+    writes the files (module docstring). Process 0 computes and writes; in a multi-process job
+    the others wait."""
     from alcfcn_jax import sharding as shd
     from alcfcn_jax.eval import inference, report
 
+    settings = outlines.InstanceSettings.from_config(config.instances)
     workdir = pathlib.Path(workdir)
     out_dir = pathlib.Path(output_dir) if output_dir else report.default_output_dir(workdir, split)
     run = inference.restore(config, workdir, which)
@@ -188,31 +188,32 @@ def run_instance_evaluation(
 
     graphdef, state = nnx.split(run.model)
     model = nnx.merge(graphdef, shd.localize(state))
-    fn = make_instance_fn(
-        model, method, threshold=threshold, split_h=split_h, min_area=min_area, seeds=seeds
-    )
+    fn = make_instance_fn(model, settings)
     split_name = report.resolve_split(run.data_cfg, split)
     source = run.source(split_name)
     result, rows = evaluate_instances(fn, source, limit=limit)
     result["meta"] = {
-        "instances": method,
         "split": split,
         "split_name": split_name,
         "checkpoint": str(which),
         "step": int(run.step),
         "workdir": str(workdir),
-        "threshold": threshold,
-        "split_h": split_h,
-        "min_area": min_area,
-        "seeds": seeds if method == "embedding" else None,
+        "instances": settings.to_dict(),
         "limit": limit,
     }
-    stem = f"instances_{method}"
+    stem = f"instances_{stem_of(settings)}"
     write_json_atomic(out_dir / f"{stem}.json", result)
     write_text_atomic(out_dir / f"{stem}.md", render_markdown(result))
     write_text_atomic(out_dir / f"{stem}.csv", csv_text(rows, ("id", *inst.IMAGE_COLUMNS)))
     shd.barrier("instances_done")
     return result
+
+
+def stem_of(settings: outlines.InstanceSettings) -> str:
+    """``<method>`` or ``<method>_<outline>`` (the file names of one evaluation)."""
+    if settings.outline == "blobs":
+        return settings.method
+    return f"{settings.method}_{settings.outline}"
 
 
 def main(argv: Sequence[str]) -> None:
@@ -227,29 +228,28 @@ def main(argv: Sequence[str]) -> None:
     distributed.initialize_from_flags()
     f = flags.FLAGS
     which: str | int = f.checkpoint if f.checkpoint in ("best", "latest") else int(f.checkpoint)
+    config = resolve(f.config)
     result = run_instance_evaluation(
-        resolve(f.config),
+        config,
         f.workdir,
         split=f.split,
         which=which,
-        method=f.instances,
         output_dir=f.output_dir or None,
-        threshold=f.threshold,
-        split_h=f.split_h,
-        min_area=f.min_area,
-        seeds=f.seeds,
         limit=f.limit,
     )
     if result:
         print(
-            f"{f.split} ({f.instances}): precision {result['instance_precision']:.3f}  recall "
-            f"{result['instance_recall']:.3f}  AP50 {result['ap50']:.3f}  one-instance share "
-            f"{result['one_instance_share']:.3f}  ({int(result['num_images'])} images)"
+            f"{f.split} ({stem_of(outlines.InstanceSettings.from_config(config.instances))}): "
+            f"AP50 {result['ap50']:.3f}  AP50:95 {result['ap50_95']:.3f}  precision "
+            f"{result['instance_precision']:.3f}  recall {result['instance_recall']:.3f}  box "
+            f"coverage {result['box_coverage_median']:.3f}  length in range "
+            f"{result['length_in_range']:.3f}  ({int(result['num_images'])} images)"
         )
 
 
 def define_flags() -> None:
-    """The flags of ``python -m alcfcn_jax.apps.instances``."""
+    """The flags of ``python -m alcfcn_jax.apps.instances`` (the instance settings are
+    ``--config.instances.*``)."""
     from absl import flags
     from ml_collections import config_flags
 
@@ -259,11 +259,6 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
     flags.DEFINE_string("split", "val", "train | val | test, or a split name (a box split).")
     flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
-    flags.DEFINE_enum("instances", "watershed", list(METHODS), "How fish are cut into instances.")
-    flags.DEFINE_enum("seeds", "activation", list(SEEDS), "Object locations (embedding only).")
-    flags.DEFINE_float("threshold", 0.5, "Fish-probability threshold.")
-    flags.DEFINE_float("split_h", 2.0, "Watershed: least neck depth (pixels) between two fish.")
-    flags.DEFINE_integer("min_area", 1, "Drop instances smaller than this (model pixels).")
     flags.DEFINE_integer("limit", 0, "Evaluate only the first N images (0 = all).")
     flags.DEFINE_string("output_dir", "", "Default <workdir>/eval/<split>.")
     flags.mark_flags_as_required(["config", "workdir"])

@@ -3,15 +3,16 @@
 Usage::
 
     python -m alcfcn_jax.predict --config=configs/deepfish.py --workdir=runs/alcfcn \
-        --input_dir=photos/ --output_dir=out/ [--checkpoint=best] [--threshold=0.5]
+        --input_dir=photos/ --output_dir=out/ [--checkpoint=best] [--config.instances.outline=grabcut]
 
 Each image (any size, JPEG / PNG / BMP / TIFF / WebP, subfolders with ``--recursive``) is
 preprocessed exactly as the checkpoint's training run did (``data.Preprocessing`` recorded with
 the checkpoint: letterbox bars cropped or masked, short side resized to
 ``data.image_short_side`` with PIL bilinear, ImageNet normalisation), the checkpoint's refined
-fish probability is computed, fish instances are separated and measured (``alcfcn_jax.eval.measure``:
-blobs of ``prob > threshold`` split by a distance-transform watershed where two fish touch, or with
-``--instances=embedding`` assigned by the embedding branch, ``alcfcn_jax.apps.instances``), and
+fish probability is computed, fish instances are separated, outlined and measured as
+``config.instances`` says (``alcfcn_jax.eval.outlines``: blobs of ``prob > threshold`` split by a
+distance-transform watershed where two fish touch, or assigned by the embedding branch; then kept
+as blobs or grown to the fish's edges by GrabCut; ``alcfcn_jax.eval.measure`` measures them), and
 the results are written to ``--output_dir``:
 
   * ``fish.csv``      one row per fish: image, fish index, length / width / Feret length / area /
@@ -47,7 +48,7 @@ from alcfcn_jax import sharding as shd
 from alcfcn_jax.apps import instances as inst_app
 from alcfcn_jax.data import preprocess as pp
 from alcfcn_jax.data.errors import DataError
-from alcfcn_jax.eval import measure, metrics, viz
+from alcfcn_jax.eval import measure, metrics, outlines, viz
 from alcfcn_jax.io import (
     csv_text,
     ensure_writable_dir,
@@ -220,15 +221,10 @@ def predict_folder(
     *,
     preprocessing: pp.Preprocessing | None = None,
     short_side: int | None = None,
-    threshold: float = 0.5,
-    split: bool = True,
-    split_h: float = 2.0,
-    min_area: int = 1,
+    instances: outlines.InstanceSettings | None = None,
     overlays: bool = True,
     recursive: bool = False,
     skip_unreadable: bool = False,
-    instances: str = "watershed",
-    seeds: str = "activation",
     extra_summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Counts and measures the fish in every image of a folder (see the module docstring).
@@ -240,14 +236,12 @@ def predict_folder(
       output_dir: where the CSVs, masks and overlays go (created).
       preprocessing: how images become model inputs (``recorded_preprocessing``); None:
         resize the short side to ``short_side`` (None keeps the size), no letterbox handling.
-      threshold: fish probability threshold (0.5 = argmax of two classes).
-      split: split touching fish (watershed); ``split_h`` / ``min_area``: see ``measure``.
+      instances: how fish probability becomes fish (``eval.outlines.InstanceSettings``, from
+        ``config.instances``; default: watershed blobs). The ``embedding`` cut needs a model with
+        the embedding branch (ValueError otherwise, before any file is read).
       overlays: write overlay PNGs.
       recursive: include subfolders.
       skip_unreadable: log and skip undecodable files instead of stopping at the first.
-      instances: ``watershed`` or ``embedding`` (a model with the embedding branch; ValueError
-        otherwise, before any file is read); ``seeds``: the embedding's object locations
-        (``apps.instances``).
 
     Returns:
       The summary dict (also written to ``summary.json``), with ``images`` (per-image rows) and
@@ -258,15 +252,8 @@ def predict_folder(
     """
     from absl import logging
 
-    instance_fn = inst_app.make_instance_fn(
-        model,
-        instances,
-        threshold=threshold,
-        split=split,
-        split_h=split_h,
-        min_area=min_area,
-        seeds=seeds,
-    )
+    settings = instances or outlines.InstanceSettings()
+    instance_fn = inst_app.make_instance_fn(model, settings)
     root = pathlib.Path(input_dir).expanduser()
     out = pathlib.Path(output_dir).expanduser()
     files = list_images(root, recursive=recursive)
@@ -295,7 +282,7 @@ def predict_folder(
         rows = measure.measure_fish(
             labels, prob, original_size=(bottom - top, right - left), origin=(top, left)
         )
-        blob_count = int(metrics.count_blobs(prob > threshold))
+        blob_count = int(metrics.count_blobs(prob > settings.threshold))
         for r in rows:
             fish_rows.append({"image": image_name, **r})
         image_rows.append(
@@ -333,15 +320,7 @@ def predict_folder(
         "input_dir": str(root),
         "num_images": len(image_rows),
         "num_fish": len(fish_rows),
-        "settings": {
-            **prep.to_dict(),
-            "threshold": threshold,
-            "instances": instances,
-            "seeds": seeds if instances == "embedding" else None,
-            "split": split,
-            "split_h": split_h,
-            "min_area": min_area,
-        },
+        "settings": {**prep.to_dict(), "instances": settings.to_dict()},
         "skipped": skipped,
         "seconds": seconds,
         "images": image_rows,
@@ -385,15 +364,10 @@ def main(argv: Sequence[str]) -> None:
         f.input_dir,
         f.output_dir,
         preprocessing=checkpoint.recorded_preprocessing(meta, config),
-        threshold=f.threshold,
-        split=f.split_touching,
-        split_h=f.split_h,
-        min_area=f.min_area,
+        instances=outlines.InstanceSettings.from_config(config.instances),
         overlays=f.overlays,
         recursive=f.recursive,
         skip_unreadable=f.skip_unreadable,
-        instances=f.instances,
-        seeds=f.seeds,
         extra_summary={"workdir": str(f.workdir), "checkpoint": str(which), "step": int(step)},
     )
     logging.info(
@@ -413,20 +387,6 @@ def define_flags() -> None:
     flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
     flags.DEFINE_string("input_dir", None, "Folder of images to analyse.")
     flags.DEFINE_string("output_dir", None, "Where to write CSVs, masks and overlays.")
-    flags.DEFINE_float("threshold", 0.5, "Fish-probability threshold.")
-    flags.DEFINE_enum(
-        "instances",
-        "watershed",
-        ["watershed", "embedding"],
-        "How touching fish are cut: distance-transform watershed, or the embedding branch "
-        "(models trained with model.embedding_dim > 0).",
-    )
-    flags.DEFINE_enum(
-        "seeds", "activation", ["activation", "refined"], "Embedding: object locations."
-    )
-    flags.DEFINE_bool("split_touching", True, "Split touching fish with a watershed.")
-    flags.DEFINE_float("split_h", 2.0, "Least neck depth (pixels) between two touching fish.")
-    flags.DEFINE_integer("min_area", 1, "Drop instances smaller than this (model pixels).")
     flags.DEFINE_bool("overlays", True, "Write overlay PNGs.")
     flags.DEFINE_bool("recursive", False, "Include images in subfolders.")
     flags.DEFINE_bool("skip_unreadable", False, "Skip undecodable images instead of stopping.")

@@ -36,7 +36,8 @@ from flax import nnx
 
 from alcfcn_jax import sharding as shd
 from alcfcn_jax.data.pipeline import split_taps
-from alcfcn_jax.eval import instances, measure, metrics
+from alcfcn_jax.data.preprocess import denormalize
+from alcfcn_jax.eval import instances, metrics, outlines
 from alcfcn_jax.models.outputs import IGNORE, fish_probability, prediction, upsample_logits
 
 GAME_LEVELS = (0, 1, 2, 3)
@@ -294,7 +295,7 @@ def evaluate(
     per_image: bool = False,
     boxes: bool = False,
     extents: bool = False,
-    instance_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    instance_fn: Callable[[np.ndarray, np.ndarray | None], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Evaluates ``model`` (eval mode) over an iterable of numpy batches.
 
@@ -309,9 +310,9 @@ def evaluate(
       per_image: also return ``per_image`` rows (id, habitat, counts, IoU, GAME).
       boxes: ground truth points / counts from box centres, plus box hit rate and precision.
       extents: with ``boxes``, also the instance-box and extent figures of
-        ``eval.instances.extent_metrics`` (AP50, box coverage, lengths...), the instances cut from
-        the fish probability by ``instance_fn`` (default ``eval.measure.instance_labels``, as
-        ``predict``).
+        ``eval.instances.extent_metrics`` (AP50, box coverage, lengths...), the instances made
+        by ``instance_fn(prob (H,W), image (H,W,3) uint8 RGB or None) -> labels`` (default: the
+        watershed blobs of ``eval.outlines``); the image is None for a batch of cached taps.
 
     Returns:
       A dict of plain floats (``miou``, ``iou_bg``, ``iou_fish``, ``mae``, ``rmse``, ``game``,
@@ -368,7 +369,11 @@ def evaluate(
                 fish = prob[0][i, :h, :w]
                 if pad is not None:
                     fish = np.where(np.asarray(pad[i], bool)[:h, :w], fish, 0.0)
-                labels = (instance_fn or measure.instance_labels)(fish)
+                image = batch.get("image")
+                rgb = None if image is None else denormalize(np.asarray(image[i])[:h, :w])
+                labels = (instance_fn or outlines.instance_fn(outlines.InstanceSettings()))(
+                    fish, rgb
+                )
                 rows["extent"].append(instances.image_record(labels, fish, bx))
             rows["id"].append(str(ids[i]))
             rows["habitat"].append(str(habitats[i]))

@@ -89,7 +89,7 @@ def instance_labels(
             else:
                 labels[sl][local] = next_id
                 next_id += 1
-    return _relabel_raster(_drop_small(labels, min_area))
+    return relabel_raster(_drop_small(labels, min_area))
 
 
 def kmeans(x: np.ndarray, k: int, *, seed: int = 0, iters: int = 20) -> np.ndarray:
@@ -185,7 +185,7 @@ def embedding_instance_labels(
     centres = np.concatenate([objects, reps])
     owner = _nearest(emb[fish], centres)
     labels[fish] = np.where(owner < len(objects), owner + 1, 0)
-    return _relabel_raster(_drop_small(labels, min_area))
+    return relabel_raster(_drop_small(labels, min_area))
 
 
 def _h_dome_markers(dist: np.ndarray, h: float) -> tuple[np.ndarray, int]:
@@ -217,7 +217,7 @@ def _drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
     return np.where(small[labels], 0, labels)
 
 
-def _relabel_raster(labels: np.ndarray) -> np.ndarray:
+def relabel_raster(labels: np.ndarray) -> np.ndarray:
     """Renumbers labels 1..n in the raster order of each label's first pixel."""
     flat = labels.ravel()
     uniq, first = np.unique(flat, return_index=True)

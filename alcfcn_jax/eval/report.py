@@ -12,6 +12,7 @@ split on every device of every process (``alcfcn_jax.eval.evaluation.evaluate``)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import pathlib
@@ -134,9 +135,11 @@ def render_report(result: Mapping[str, Any], *, meta: Mapping[str, Any]) -> str:
             "",
             "## Fish instances against the true boxes",
             "",
-            "Instances: blobs of the fish probability cut by the watershed as `predict` does; "
-            "each instance's box matched greedily to the true boxes by its mean fish probability "
-            "(alcfcn_jax/eval/instances.py defines every figure).",
+            "Instances: blobs of the fish probability cut by the watershed, outlined as "
+            f"config.instances says (outline `{meta.get('instances', {}).get('outline')}`, "
+            "alcfcn_jax/eval/outlines.py); each instance's box matched greedily to the true "
+            "boxes by its mean fish probability (alcfcn_jax/eval/instances.py defines every "
+            "figure).",
             "",
             *figure_table(result),
         ]
@@ -281,7 +284,7 @@ def run_evaluation(
     Raises:
       alcfcn_jax.io.OutputDirError: the output folder cannot be written (checked first).
     """
-    from alcfcn_jax.eval import evaluation, inference
+    from alcfcn_jax.eval import evaluation, inference, outlines
 
     workdir = pathlib.Path(workdir)
     out_dir = pathlib.Path(output_dir) if output_dir else default_output_dir(workdir, split, walk)
@@ -300,8 +303,15 @@ def run_evaluation(
     if len(source) == 0:
         raise ValueError(f"split {split!r} ({split_name!r}) of {config.data.dataset!r} is empty")
     batches = run.batches(source, config.train.eval_batch_size)
+    settings = outlines.InstanceSettings.from_config(config.instances)
     result = evaluation.evaluate(
-        model, batches, mesh=run.mesh, per_image=True, boxes=run.boxes, extents=run.boxes
+        model,
+        batches,
+        mesh=run.mesh,
+        per_image=True,
+        boxes=run.boxes,
+        extents=run.boxes,
+        instance_fn=outlines.instance_fn(dataclasses.replace(settings, method="watershed")),
     )
     meta = {
         "method": method_name(config),
@@ -313,6 +323,7 @@ def run_evaluation(
         "walk": bool(walk),
         "workdir": str(workdir),
         "model": model_summary(config),
+        "instances": settings.to_dict(),
         "checkpoint_meta": json_safe(dict(ckpt_meta or {})),
     }
     if jax.process_index() == 0:

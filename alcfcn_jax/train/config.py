@@ -17,6 +17,7 @@ from absl import logging
 
 from alcfcn_jax.config_utils import ConfigError, to_plain
 from alcfcn_jax.data.config import defaults as data_defaults
+from alcfcn_jax.eval.outlines import INSTANCE_DEFAULTS, InstanceSettings
 from alcfcn_jax.losses.registry import LOSSES
 from alcfcn_jax.models import (
     BACKBONES,
@@ -84,6 +85,9 @@ OPTIONAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "stage1": {"workdir": "", "which": "best", "allow_stale": False},
     # Iterative pseudo-mask rounds (apps/rounds.py): 1 = the single stage 2 in the workdir.
     "pm": {"rounds": 1},
+    # How fish probability becomes fish instances (eval/outlines.py): evaluate, predict,
+    # instances and the pseudo-mask writer.
+    "instances": dict(INSTANCE_DEFAULTS),
 }
 
 
@@ -131,6 +135,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _require(config, section)
     config = _with_optional(config)
     _int(config, "seed", minimum=0)
+    try:
+        InstanceSettings.from_config(config.instances)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config.instances: {err}") from None
     name = _choice(config, "model.name", MODEL_NAMES)
     if name == "alcfcn":
         _choice(config, "model.backbone", BACKBONES)
