@@ -100,3 +100,23 @@ def test_resolve_refuses_bad_instance_settings():
     config.instances.outline = "crf"
     with pytest.raises(ConfigError, match="instances"):
         resolve(config)
+
+
+def test_click_instances_one_per_click():
+    shape = (40, 90)
+    a = _ellipse(shape, 10, 12, 4, 6)  # one click
+    b = _ellipse(shape, 25, 40, 5, 9) | _ellipse(shape, 25, 56, 5, 9)  # two fish, one blob
+    c = _ellipse(shape, 10, 75, 3, 5)  # no click: a false positive by the labels
+    prob = np.where(a | b | c, 0.9, 0.05)
+    points = np.zeros(shape, np.int32)
+    for y, x in [(10, 12), (25, 36), (25, 60), (35, 80)]:  # the last one is in no blob
+        points[y, x] = 1
+    labels = outlines.click_instances(prob, points, outlines.InstanceSettings(split=False))
+    assert labels.max() == 4
+    ids = {labels[y, x] for y, x in [(10, 12), (25, 36), (25, 60), (35, 80)]}
+    assert len(ids) == 4 and 0 not in ids  # every click in its own instance
+    assert labels[c].max() == 0  # the clickless blob is gone
+    assert (labels == labels[10, 12]).sum() == a.sum()  # a single-click blob is kept whole
+    split = (labels == labels[25, 36]) | (labels == labels[25, 60])
+    assert (split == b).all()  # the two-click blob is shared between its clicks
+    assert (labels == labels[35, 80]).sum() == 25  # a 5x5 seed for the missed click

@@ -204,3 +204,40 @@ def test_manifest_errors_are_clear(tmp_path):
         pm_data.load_manifest(tmp_path / "pm2")
     with pytest.raises(pm_data.PseudoMaskError, match="file name"):
         pm_data.mask_path(tmp_path, "../escape")
+
+
+def test_click_instance_masks_keep_clicked_blobs_and_regenerate_on_new_settings(tmp_path):
+    from alcfcn_jax.eval.outlines import InstanceSettings
+
+    # One image, two predicted blobs; only the left one holds a click, and a second click lies
+    # where nothing was predicted.
+    h, w = 16, 24
+    pred = np.zeros((h, w), np.int32)
+    pred[3:7, 2:7] = 1
+    pred[9:13, 15:20] = 1
+    points = np.full((h, w), 255, np.int32)
+    points[5, 4] = 1
+    points[12, 4] = 1
+    image = np.where(pred[..., None] == 1, 1.0, -1.0).astype(np.float32).repeat(3, -1)
+    unknown = np.full((h, w), 255, np.int32)
+    source = [
+        {"image": image, "points": points, "mask": unknown, "count": 2, "habitat": "h", "id": "a"}
+    ]
+    batches = eval_batches(source, batch_size=1, worker_threads=0, prefetch=0)
+    clicks = InstanceSettings(pseudo_masks="click_instances")
+    manifest = pm.generate(
+        ThresholdModel(), batches, tmp_path, step=1, expected_count=1, summary={}, settings=clicks
+    )
+    assert manifest["masks"]["pseudo_masks"] == "click_instances"
+    mask = pm_data.read_mask(tmp_path / "a.png")
+    expected = np.zeros((h, w), np.int64)
+    expected[3:7, 2:7] = 1  # the clicked blob
+    expected[10:15, 2:7] = 1  # a 5x5 seed around the missed click; the clickless blob is gone
+    np.testing.assert_array_equal(mask, expected)
+    # The same step with argmax settings rewrites the masks (the manifest says how they were made).
+    batches = eval_batches(source, batch_size=1, worker_threads=0, prefetch=0)
+    manifest = pm.generate(
+        ThresholdModel(), batches, tmp_path, step=1, expected_count=1, summary={}
+    )
+    assert manifest["masks"] == {"pseudo_masks": "argmax"} and manifest["written_this_run"] == 1
+    np.testing.assert_array_equal(pm_data.read_mask(tmp_path / "a.png"), pred)

@@ -8,7 +8,12 @@ Layout (format and reader: ``alcfcn_jax.data.pseudo_masks``)::
 A mask is the argmax of the model's refined output (for A-LCFCN: after the random walk),
 bilinearly upsampled to the image size when the model's output is smaller (reference spec 7),
 at the size of the image as the data pipeline delivers it (short side 256 for DeepFish); pixels
-outside the picture (``pad`` False) are background. The manifest is written last and names the
+outside the picture (``pad`` False) are background. With
+``config.instances.pseudo_masks='click_instances'`` it is instead the union of one instance per
+click of the training image, outlined as ``config.instances.outline`` says
+(``eval.outlines.pseudo_mask``: blobs without a click dropped, blobs with several split between
+them, missed clicks seeded; GrabCut grows them to the fish's edges). The manifest records the
+settings, and masks written with other settings are regenerated. The manifest is written last and names the
 checkpoint step, the model, the split, the ids, and quality figures against the true masks where
 the split has them (synthetic trees, FishSeg train).
 
@@ -40,6 +45,7 @@ from absl import logging
 from flax import nnx
 
 from alcfcn_jax import sharding as shd
+from alcfcn_jax.data.preprocess import denormalize
 from alcfcn_jax.data.pseudo_masks import (
     FORMAT_VERSION,
     MANIFEST,
@@ -52,7 +58,7 @@ from alcfcn_jax.data.pseudo_masks import (
     stale_reason,
 )
 from alcfcn_jax.data.source import example_ids
-from alcfcn_jax.eval import evaluation, inference, metrics
+from alcfcn_jax.eval import evaluation, inference, metrics, outlines
 from alcfcn_jax.eval.report import model_summary
 from alcfcn_jax.io import read_json, save_png_atomic, write_json_atomic
 from alcfcn_jax.models import outputs
@@ -73,8 +79,9 @@ def _log_progress(done: int, batch: int, total: int, every: int, t0: float) -> N
     )
 
 
-def _make_mask_step(model: nnx.Module, mesh: jax.sharding.Mesh | None):
-    """Jitted (images) -> uint8 argmax map at the image size (bilinear upsampling if needed)."""
+def _make_mask_step(model: nnx.Module, mesh: jax.sharding.Mesh | None, prob: bool = False):
+    """Jitted (images) -> uint8 argmax map at the image size (bilinear upsampling if needed), or
+    with ``prob`` the fish probability (float32)."""
     graphdef, state = nnx.split(model)
     if mesh is not None:
         state = jax.device_put(state, shd.replicated(mesh))
@@ -83,9 +90,20 @@ def _make_mask_step(model: nnx.Module, mesh: jax.sharding.Mesh | None):
     def step(state, images):
         logits = nnx.merge(graphdef, state)(images, train=False)
         logits = outputs.upsample_logits(logits, images.shape[1:3])
+        if prob:
+            return outputs.fish_probability(logits)
         return outputs.prediction(logits).astype(jnp.uint8)
 
     return lambda images: step(state, images)
+
+
+# Manifests written before the setting existed hold argmax masks.
+_ARGMAX = {"pseudo_masks": "argmax"}
+
+
+def masks_key(settings: outlines.InstanceSettings) -> dict[str, Any]:
+    """What decides a mask's content besides the checkpoint: recorded in the manifest."""
+    return settings.to_dict() if settings.pseudo_masks == "click_instances" else dict(_ARGMAX)
 
 
 def _remove_masks(out_dir: pathlib.Path) -> int:
@@ -106,6 +124,7 @@ def generate(
     expected_count: int,
     summary: Mapping[str, Any],
     mesh: jax.sharding.Mesh | None = None,
+    settings: outlines.InstanceSettings | None = None,
 ) -> dict[str, Any]:
     """Writes the pseudo masks of ``batches`` into ``out_dir``; returns the manifest.
 
@@ -120,7 +139,13 @@ def generate(
       expected_count: number of examples in the split (all processes together).
       summary: extra manifest fields (model, dataset, split, stage-1 workdir...).
       mesh: the device mesh; ``None`` = default device.
+      settings: ``pseudo_masks='click_instances'`` writes outlined click instances (module
+        docstring); default (or ``argmax``): the argmax. Recorded in the manifest as ``masks``.
     """
+    settings = settings or outlines.InstanceSettings()
+    by_clicks = settings.pseudo_masks == "click_instances"
+    key = masks_key(settings)
+    summary = {**summary, "masks": key}
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path, progress_path = out_dir / MANIFEST, out_dir / PROGRESS
@@ -128,22 +153,29 @@ def generate(
     if jax.process_index() == 0:
         old = read_json(manifest_path)
         progress = read_json(progress_path)
-        if old is not None and int(old.get("checkpoint_step", -1)) != int(step):
+        # Masks from an older manifest (no "masks" entry) were argmax masks.
+        old_key = None if old is None else old.get("masks", _ARGMAX)
+        if old is not None and (int(old.get("checkpoint_step", -1)) != int(step) or old_key != key):
             logging.info(
-                "pseudo masks: manifest is from step %s, not %d; regenerating",
+                "pseudo masks: manifest is from step %s with masks %s, not step %d with %s; "
+                "regenerating",
                 old.get("checkpoint_step"),
+                old_key,
                 step,
+                key,
             )
             manifest_path.unlink()
             old = None
-        if old is None and (progress is None or progress.get("checkpoint_step") != int(step)):
+        same_run = progress is not None and progress.get("checkpoint_step") == int(step)
+        same_run = same_run and progress.get("masks") == key
+        if old is None and not same_run:
             removed = _remove_masks(out_dir)
             if removed:
                 logging.info("pseudo masks: removed %d masks of another checkpoint", removed)
             write_json_atomic(progress_path, {"checkpoint_step": int(step), **summary})
     shd.barrier("pseudo_masks_start")
 
-    mask_step = _make_mask_step(model, mesh)
+    mask_step = _make_mask_step(model, mesh, prob=by_clicks)
     multiple = evaluation.local_batch_multiple(mesh)
     ids: list[str] = []
     cf_rows: list[np.ndarray] = []
@@ -172,10 +204,21 @@ def generate(
                 h, w = evaluation.valid_extent(
                     None if pad is None else np.asarray(pad[i], bool), *pred.shape[1:]
                 )
-                m = pred[i].astype(np.uint8)
-                if pad is not None:
-                    m = np.where(np.asarray(pad[i], bool), m, 0)
-                m = m[:h, :w]
+                if by_clicks:
+                    p = pred[i, :h, :w]
+                    if pad is not None:
+                        p = np.where(np.asarray(pad[i], bool)[:h, :w], p, 0.0)
+                    m = outlines.pseudo_mask(
+                        p,
+                        denormalize(np.asarray(batch["image"][i])[:h, :w]),
+                        np.asarray(batch["points"][i])[:h, :w],
+                        settings,
+                    )
+                else:
+                    m = pred[i].astype(np.uint8)
+                    if pad is not None:
+                        m = np.where(np.asarray(pad[i], bool), m, 0)
+                    m = m[:h, :w]
                 save_png_atomic((m * 255).astype(np.uint8), paths[i])
                 n_written += 1
             else:
@@ -257,7 +300,12 @@ def write_pseudo_masks(
     # The same "up to date" as stage 2's check (data.pseudo_masks.stale_reason): step and ids.
     # Process 0 decides for all: every process must take the same branch (collectives follow).
     ids = example_ids(source)
-    if shd.gather_json(is_complete(existing, run.step, out_dir, ids, len(source)))[0]:
+    settings = outlines.InstanceSettings.from_config(config.instances)
+    up_to_date = is_complete(existing, run.step, out_dir, ids, len(source))
+    if up_to_date and existing.get("masks", _ARGMAX) != masks_key(settings):
+        logging.info("pseudo masks in %s were written with other settings", out_dir)
+        up_to_date = False
+    if shd.gather_json(up_to_date)[0]:
         logging.info(
             "pseudo masks in %s are up to date (step %d); nothing to do", out_dir, run.step
         )
@@ -285,6 +333,7 @@ def write_pseudo_masks(
         expected_count=len(source),
         summary=summary,
         mesh=run.mesh,
+        settings=settings,
     )
     logging.info(
         "pseudo masks: %d masks (%d written now) from step %d in %s; quality %s",

@@ -40,6 +40,7 @@ from alcfcn_jax.eval import measure
 METHODS = ("watershed", "embedding")
 OUTLINES = ("blobs", "grabcut")
 SEEDS = ("activation", "refined")
+PSEUDO_MASKS = ("argmax", "click_instances")
 
 # config.instances: what each key means is in InstanceSettings.
 INSTANCE_DEFAULTS: dict[str, Any] = {
@@ -52,6 +53,7 @@ INSTANCE_DEFAULTS: dict[str, Any] = {
     "seeds": "activation",
     "grabcut_margin": 1.0,
     "grabcut_iters": 4,
+    "pseudo_masks": "argmax",
 }
 
 
@@ -68,6 +70,9 @@ class InstanceSettings:
       seeds: the embedding's object locations (``activation`` map or ``refined`` map).
       grabcut_margin: GrabCut window = instance box grown by this times its size on each side.
       grabcut_iters: GrabCut rounds.
+      pseudo_masks: what the pseudo-mask writer writes for a training image: ``argmax`` (the
+        model's fish pixels, the reference) or ``click_instances`` (:func:`click_instances`, then
+        the outline step: one outlined instance per click).
     """
 
     method: str = "watershed"
@@ -79,9 +84,15 @@ class InstanceSettings:
     seeds: str = "activation"
     grabcut_margin: float = 1.0
     grabcut_iters: int = 4
+    pseudo_masks: str = "argmax"
 
     def __post_init__(self):
-        for name, allowed in (("method", METHODS), ("outline", OUTLINES), ("seeds", SEEDS)):
+        for name, allowed in (
+            ("method", METHODS),
+            ("outline", OUTLINES),
+            ("seeds", SEEDS),
+            ("pseudo_masks", PSEUDO_MASKS),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"instances.{name} must be one of {allowed}, got {getattr(self, name)!r}"
@@ -176,6 +187,63 @@ def grabcut_outlines(
     return measure.relabel_raster(out)
 
 
+def click_instances(
+    prob: np.ndarray, points: np.ndarray, settings: InstanceSettings, *, seed_radius: int = 2
+) -> np.ndarray:
+    """Instances that respect the clicks of a training image: one per click, none without one.
+
+    The cut of ``settings`` (watershed blobs of ``prob > threshold``), then: an instance holding
+    no click is dropped (a false positive by the labels); one holding several clicks is split
+    between them by a watershed on ``-prob`` from the clicks; a click outside every instance
+    gets a seed of its own, the (2r+1)^2 square around it (pixels still free), for the outline
+    step to grow.
+
+    Args:
+      prob: (H,W) fish probability.
+      points: (H,W) click map (1 = a click).
+      settings: the cut's threshold, split and minimum area.
+      seed_radius: ``r`` above.
+
+    Returns:
+      (H,W) int32 labels, one instance per click, numbered in raster order.
+    """
+    import skimage.segmentation
+
+    prob = np.asarray(prob, np.float64)
+    cut = measure.instance_labels(
+        prob,
+        threshold=settings.threshold,
+        split=settings.split,
+        split_h=settings.split_h,
+        min_area=settings.min_area,
+    )
+    ys, xs = np.nonzero(np.asarray(points) == 1)
+    owner = cut[ys, xs]
+    out = np.zeros_like(cut)
+    next_id = 1
+    for k, sl in enumerate(ndi.find_objects(cut), start=1):
+        clicks = np.nonzero(owner == k)[0]
+        if sl is None or clicks.size == 0:
+            continue
+        region = cut[sl] == k
+        if clicks.size == 1:
+            out[sl][region] = next_id
+        else:
+            markers = np.zeros(region.shape, np.int32)
+            markers[ys[clicks] - sl[0].start, xs[clicks] - sl[1].start] = np.arange(
+                1, clicks.size + 1
+            )
+            split = skimage.segmentation.watershed(-prob[sl], markers, mask=region, connectivity=2)
+            out[sl][region] = split[region] + next_id - 1
+        next_id += clicks.size
+    for c in np.nonzero(owner == 0)[0]:
+        r0, c0 = max(0, ys[c] - seed_radius), max(0, xs[c] - seed_radius)
+        window = out[r0 : ys[c] + seed_radius + 1, c0 : xs[c] + seed_radius + 1]
+        window[window == 0] = next_id
+        next_id += 1
+    return measure.relabel_raster(out)
+
+
 def outline(labels: np.ndarray, image: np.ndarray | None, settings: InstanceSettings) -> np.ndarray:
     """Step 2 of the module docstring on cut ``labels`` (``image``: (H,W,3) uint8 RGB, needed by
     ``grabcut``)."""
@@ -186,6 +254,15 @@ def outline(labels: np.ndarray, image: np.ndarray | None, settings: InstanceSett
     return grabcut_outlines(
         image, labels, margin=settings.grabcut_margin, iters=settings.grabcut_iters
     )
+
+
+def pseudo_mask(
+    prob: np.ndarray, image: np.ndarray, points: np.ndarray, settings: InstanceSettings
+) -> np.ndarray:
+    """(H,W) 0/1 pseudo mask of a training image for ``pseudo_masks='click_instances'``: the
+    outlined :func:`click_instances` (``image``: (H,W,3) uint8 RGB)."""
+    labels = outline(click_instances(prob, points, settings), image, settings)
+    return (labels > 0).astype(np.uint8)
 
 
 def instance_fn(settings: InstanceSettings) -> Callable[..., np.ndarray]:
