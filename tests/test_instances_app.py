@@ -10,7 +10,6 @@ from alcfcn_jax.apps import instances, predict
 from alcfcn_jax.eval.outlines import InstanceSettings
 from tests.test_predict import ThresholdModel, ellipse, photo_dir  # noqa: F401
 
-
 EMBEDDING = InstanceSettings(method="embedding")
 
 

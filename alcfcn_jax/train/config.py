@@ -18,6 +18,7 @@ from absl import logging
 from alcfcn_jax.config_utils import ConfigError, to_plain
 from alcfcn_jax.data.config import defaults as data_defaults
 from alcfcn_jax.eval.outlines import INSTANCE_DEFAULTS, InstanceSettings
+from alcfcn_jax.losses.affinity import LABEL_SOURCES
 from alcfcn_jax.losses.registry import LOSSES
 from alcfcn_jax.models import (
     BACKBONES,
@@ -61,6 +62,9 @@ OPTIONAL_DEFAULTS: dict[str, dict[str, Any]] = {
         "affinity_weight": 0.0,
         "affinity_fg": 0.7,
         "affinity_bg": 0.3,
+        # Where the affinity labels come from: the activation map ("cam") or the training
+        # masks, a stage-1 run's pseudo masks ("pseudo_masks", fish cells split by click).
+        "affinity_labels": "cam",
         # WISE embedding term (losses.embedding): weight 0 = off; pixels sampled per object,
         # from the background, and the most objects per image.
         "embedding_weight": 0.0,
@@ -220,6 +224,15 @@ def _check_affinity_learning(config: ml_collections.ConfigDict) -> None:
         if not bg < fg <= 1.0:
             raise ConfigError(
                 f"config.loss.affinity_bg={bg} and affinity_fg={fg} need 0 <= bg < fg <= 1"
+            )
+        source = _choice(config, "loss.affinity_labels", LABEL_SOURCES)
+        on_masks = "stage1" in config and bool(str(config.stage1.workdir or ""))
+        on_masks = on_masks or bool(str(config.data.get("pseudo_mask_dir", "") or ""))
+        if source == "pseudo_masks" and not on_masks:
+            raise ConfigError(
+                "config.loss.affinity_labels='pseudo_masks' reads the training masks of a "
+                "stage-1 run: set config.stage1.workdir (a preset with a stage1 section, e.g. "
+                "configs/frames.py:alcfcn_outlines)"
             )
     warmup = _int(config, "train.walk_warmup_steps", minimum=0)
     if warmup and not walk:

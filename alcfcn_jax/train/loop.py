@@ -93,6 +93,7 @@ def affinity_loss_from_config(config: Any) -> AffinityLoss | None:
         fg=float(config.loss.affinity_fg),
         bg=float(config.loss.affinity_bg),
         radius=int(config.model.radius),
+        source=str(config.loss.affinity_labels),
     )
 
 

@@ -28,7 +28,7 @@ from flax import nnx
 
 from alcfcn_jax import sharding as shd
 from alcfcn_jax.data.pipeline import TAPS_PREFIX, split_taps
-from alcfcn_jax.losses.affinity import AffinityLoss, affinity_labels, affinity_loss
+from alcfcn_jax.losses.affinity import AffinityLoss, affinity_loss
 from alcfcn_jax.losses.embedding import EmbeddingLoss, embedding_loss
 from alcfcn_jax.losses.registry import per_image_loss
 from alcfcn_jax.models.outputs import IGNORE, fish_probability
@@ -129,9 +129,7 @@ def make_train_step(
             outputs_ok = jnp.all(jnp.isfinite(logits))
             per_image, terms = compute(logits, batch)
             if affinity is not None:
-                labels = affinity_labels(
-                    aux["cam"], batch["points"], fg=affinity.fg, bg=affinity.bg
-                )
+                labels = affinity.labels(aux["cam"], batch)
                 aff = affinity_loss(aux["aff_feats"], labels, radius=affinity.radius)
                 per_image = per_image + affinity.weight * aff
                 terms = {**terms, "affinity": aff}
