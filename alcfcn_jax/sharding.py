@@ -48,16 +48,6 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def check_batch_size(global_batch: int, mesh: jax.sharding.Mesh) -> int:
-    """Returns the per-process batch size, or raises if the batch does not split evenly."""
-    n_dev = mesh.devices.size
-    if global_batch % n_dev:
-        raise ValueError(
-            f"train.batch_size={global_batch} must be a multiple of the number of devices ({n_dev})"
-        )
-    return global_batch // jax.process_count()
-
-
 def to_global(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict:
     """Builds global, data-sharded jax arrays from this process's slice of a batch.
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from alcfcn_jax import sharding as shd
 from alcfcn_jax.ops import conv as conv_ops
-from alcfcn_jax.train import feature_cache, loop
+from alcfcn_jax.train import inputs, loop
 from alcfcn_jax.train import state as train_state
 from alcfcn_jax.train import step as train_step
 from benchmarks.common import host_info, print_json
@@ -81,7 +81,7 @@ def _time_steps(config, batch_np, repeats: int, *, cached: bool, impl: str) -> d
                 from flax import nnx
 
                 model = nnx.merge(graphs.model, state["model"])
-                extract = feature_cache.make_extract(model)
+                extract = inputs.make_extract(model)
                 extract(batch["image"])  # compile
                 t0 = time.perf_counter()
                 taps = extract(batch["image"])

@@ -26,8 +26,7 @@ from __future__ import annotations
 import ml_collections
 
 from alcfcn_jax.data.config import default_data_config
-from alcfcn_jax.eval.outlines import INSTANCE_DEFAULTS
-from alcfcn_jax.models import MODEL_DEFAULTS
+from alcfcn_jax.train import defaults
 from configs.common import parse_arg
 
 PRESETS = ("alcfcn", "lcfcn", "plfcn", "fsfcn", "smoke")
@@ -36,111 +35,29 @@ _OPTIONS = {"fsfcn": ("joint", "budget")}
 # The paper's annotation budget for the fully supervised baseline: the time of the point
 # annotations of A-LCFCN buys full masks for this many FishSeg training images.
 PAPER_BUDGET = {"n_background": 161, "n_fish": 11}
-_REFERENCE_VAL_SIZE = 124  # FishSeg val images = draws per reference "epoch"
 
 
+# Every section starts from its table in alcfcn_jax/train/defaults.py (what each key means is
+# written there); the presets below change only what differs.
 def model_config(**overrides) -> ml_collections.ConfigDict:
     """The ``config.model`` block (docs/contracts.md "Models"), reference values by default."""
-    # models.MODEL_DEFAULTS are the reference's values (ResNet-38d trunk, shared, beta 8, logt
-    # 4, radius 5, fc8 head, no pretrained weights); the walk picks dense or sparse by size.
-    cfg = ml_collections.ConfigDict({**MODEL_DEFAULTS, "rw_method": "auto"})
-    cfg.update(overrides)
-    return cfg
+    return defaults.section("model", **overrides)
 
 
 def optim_config(**overrides) -> ml_collections.ConfigDict:
     """The ``config.optim`` block: torch-style Adam (weight decay as L2 in the gradient)."""
-    cfg = ml_collections.ConfigDict(
-        {
-            "name": "adam",
-            "lr": 1e-6,
-            "b1": 0.99,
-            "b2": 0.999,
-            "eps": 1e-8,
-            "weight_decay": 0.0,
-            # Learning-rate multiplier for parameters under the model's ``trunk`` (1 = one lr).
-            "trunk_lr_mult": 1.0,
-            # Global gradient-norm clipping; 0 disables it (the reference does not clip).
-            "clip_grad_norm": 0.0,
-            # "constant" (the reference) or "cosine" (lr decays to 0 over train.num_steps).
-            "schedule": "constant",
-        }
-    )
-    cfg.update(overrides)
-    return cfg
-
-
-def train_config(**overrides) -> ml_collections.ConfigDict:
-    """The ``config.train`` block (loop cadence, batch sizes, checkpoint retention)."""
-    cfg = ml_collections.ConfigDict(
-        {
-            "num_steps": 1000 * _REFERENCE_VAL_SIZE,
-            # Global batch; 0 = one image per device (the reference trains at batch 1).
-            "batch_size": 0,
-            "log_every": 50,
-            "eval_every": _REFERENCE_VAL_SIZE,
-            "eval_at_start": False,
-            "checkpoint_every": _REFERENCE_VAL_SIZE,
-            "keep_checkpoints": 2,
-            # Validation metric that picks the best checkpoint ("miou"; "mae"/"game" minimised).
-            "select_metric": "miou",
-            # Global evaluation batch; 0 = one image per device.
-            "eval_batch_size": 0,
-            # After training, evaluate the test split with the best checkpoint (the reference
-            # reports test numbers at the best validation epoch).
-            "eval_test": True,
-            # Report the MAE of always predicting the median training count next to val MAE.
-            "count_baseline": False,
-            # Skip the optimizer update when the loss is exactly 0 (the reference does).
-            "skip_zero_loss": True,
-            "tensorboard": "auto",
-            "progress": True,
-            # Frozen-trunk feature cache (alcfcn_jax/train/feature_cache.py): "auto" trains the heads
-            # on taps computed once when the trunk is frozen (optim.trunk_lr_mult=0) and
-            # deterministic; "memory" / "disk" force a store; "off" always runs the trunk.
-            "feature_cache": "auto",
-            # Disk stores ("" = ~/.cache/alcfcn_jax/tap_cache), storage dtype, and the size up to
-            # which "auto" keeps a store in memory.
-            "feature_cache_dir": "",
-            "feature_cache_dtype": "float16",
-            "feature_cache_memory_mb": 256,
-            # A-LCFCN: train the activation logits without the random walk for this many steps
-            # first (0 = the reference: the walk from the first step).
-            "walk_warmup_steps": 0,
-        }
-    )
-    cfg.update(overrides)
-    return cfg
+    return defaults.section("optim", **overrides)
 
 
 def loss_config(**overrides) -> ml_collections.ConfigDict:
     """The ``config.loss`` block: the loss name, the optional affinity-learning and embedding
     terms."""
-    cfg = ml_collections.ConfigDict(
-        {
-            "name": "lcfcn",
-            # AffinityNet's balanced affinity loss on labels mined from the activation map
-            # (alcfcn_jax/losses/affinity.py), added with this weight (0 = the reference: off).
-            "affinity_weight": 0.0,
-            # Stride-8 cells with pooled fish probability above affinity_fg are fish, below
-            # affinity_bg background; clicked cells are always fish.
-            "affinity_fg": 0.7,
-            "affinity_bg": 0.3,
-            # The map the cells come from: "cam" (the activation map) or "pseudo_masks" (a
-            # stage-1 run's masks, fish cells numbered by their nearest click; needs stage1).
-            "affinity_labels": "cam",
-            # WISE's embedding term (alcfcn_jax/losses/embedding.py; needs
-            # model.embedding_dim > 0, e.g. 64), added with this weight (0 = off; WISE: 0.1).
-            # Pixels sampled per image: per_object from each of at most max_objects clicked
-            # fish (their one-click blobs), and background ones.
-            "embedding_weight": 0.0,
-            "embedding_per_object": 8,
-            "embedding_background": 32,
-            "embedding_max_objects": 16,
-        }
-    )
-    cfg.update(overrides)
-    return cfg
+    return defaults.section("loss", **overrides)
+
+
+def train_config(**overrides) -> ml_collections.ConfigDict:
+    """The ``config.train`` block (loop cadence, batch sizes, checkpoint retention)."""
+    return defaults.section("train", **overrides)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -154,10 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data = data
     config.optim = optim_config()
     config.train = train_config()
-    # Annotation budget on the training split: 0/0 = every training image.
-    config.budget = ml_collections.ConfigDict({"n_background": 0, "n_fish": 0, "seed": 0})
+    config.budget = defaults.section("budget")
     # How predictions become fish instances (alcfcn_jax/eval/outlines.py).
-    config.instances = ml_collections.ConfigDict(dict(INSTANCE_DEFAULTS))
+    config.instances = defaults.section("instances")
     return config
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from alcfcn_jax.train import defaults
 from configs import deepfish
 from configs.common import parse_arg
 
@@ -28,20 +29,10 @@ PRESETS = ("pm", "smoke")
 
 
 def add_stage2_sections(config: ml_collections.ConfigDict, *, stage1_workdir: str) -> None:
-    """The ``stage1`` and ``pm`` sections every stage-2 config has (also ``configs/frames.py``)."""
-    config.stage1 = ml_collections.ConfigDict(
-        {
-            # The stage-1 (A-LCFCN) workdir: masks are read from <workdir>/pseudo_masks.
-            "workdir": stage1_workdir,
-            # Which stage-1 checkpoint the masks must come from ("best", "latest" or a step).
-            "which": "best",
-            # Accept masks written from another checkpoint (not recommended).
-            "allow_stale": False,
-        }
-    )
-    # Iterative rounds (alcfcn_jax/apps/rounds.py): R > 1 trains R stage-2 models in
-    # <workdir>/round_<r>/, each on the pseudo masks of the one before (round 1 on stage 1's).
-    config.pm = ml_collections.ConfigDict({"rounds": 1})
+    """The ``stage1`` and ``pm`` sections of every run on a stage-1 run's pseudo masks (stage 2,
+    also ``configs/frames.py``; keys and defaults: alcfcn_jax/train/defaults.py)."""
+    config.stage1 = defaults.section("stage1", workdir=stage1_workdir)
+    config.pm = defaults.section("pm")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

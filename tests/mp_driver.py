@@ -92,7 +92,7 @@ class _Joined:
 
 def _hook_virtual_processes(n: int) -> None:
     from alcfcn_jax.data import pipeline
-    from alcfcn_jax.train import data
+    from alcfcn_jax.train import inputs as data
 
     def with_iterator(d, config, local_batch):
         assert local_batch % n == 0, (local_batch, n)

@@ -28,9 +28,7 @@ LAYERS = {
     "eval": 4,
     "train": 5,
     "apps": 6,
-    # Public paths kept where modules moved (alcfcn_jax.metrics.game, python -m
-    # alcfcn_jax.predict): thin re-exports of eval/ and apps/.
-    "metrics": 7,
+    # The public command path ``python -m alcfcn_jax.predict``: a thin entry over apps/.
     "predict": 7,
     "__init__": 7,
 }
@@ -101,7 +99,7 @@ def test_public_paths_are_kept():
         "alcfcn_jax.ops.affinity": ("dense_affinity", "sparse_affinity", "neighbor_offsets"),
         "alcfcn_jax.ops.random_walk": ("refine",),
         "alcfcn_jax.losses.lcfcn": ("lcfcn_loss", "lcfcn_terms"),
-        "alcfcn_jax.metrics": ("game", "confusion", "iou_from_confusion", "SegMeter"),
+        "alcfcn_jax.eval.metrics": ("game", "confusion", "iou_from_confusion", "SegMeter"),
         "alcfcn_jax.models": ("build_model",),
         "alcfcn_jax.predict": ("predict_folder",),
     }.items():

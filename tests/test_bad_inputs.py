@@ -98,7 +98,7 @@ def test_half_deleted_checkpoint_is_not_listed(tmp_path, smoke):
 
 
 def test_stage2_best_step_uses_stage1_metric(tmp_path, smoke):
-    from alcfcn_jax.train import data as train_data
+    from alcfcn_jax.train import inputs
 
     config, _, _, state = smoke
     stage1 = configs.deepfish.get_config("smoke")
@@ -111,7 +111,7 @@ def test_stage2_best_step_uses_stage1_metric(tmp_path, smoke):
     stage2.stage1 = {"workdir": str(tmp_path), "which": "best", "allow_stale": False}
     from alcfcn_jax.train.config import resolve
 
-    assert train_data._expected_step(resolve(stage2)) == 3
+    assert inputs._expected_step(resolve(stage2)) == 3
     assert checkpoint.run_selection_metric(tmp_path) == "val_mae"
 
 
@@ -348,13 +348,13 @@ def _boxes_config(root):
 
 def test_corrupt_image_is_found_before_training(tmp_path, caplog):
     from alcfcn_jax.data.source import validate_source
-    from alcfcn_jax.train import data as train_data
+    from alcfcn_jax.train import inputs
 
     root = _boxes_dir(tmp_path, [f"f{i}.jpg" for i in range(12)])
     good = (root / "images" / "f7.jpg").read_bytes()
     (root / "images" / "f7.jpg").write_bytes(good[: len(good) // 2])  # truncated
     with pytest.raises(DataError, match=r"f7\.jpg: cannot decode.*data\.skip_bad_examples=True"):
-        train_data.build(_boxes_config(root), local_batch=1, eval_batch_local=1)
+        inputs.build(_boxes_config(root), local_batch=1, eval_batch_local=1)
     # A 6000x4000 image (as stored) warns about memory and names the setting.
     (root / "images" / "f7.jpg").write_bytes(good)
     _rgb(root / "images" / "f3.jpg", 4000, 6000)

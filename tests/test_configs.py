@@ -13,7 +13,7 @@ import configs.deepfish_pm
 from alcfcn_jax import config_utils
 from alcfcn_jax.config_utils import ConfigError
 from alcfcn_jax.data import pseudo_masks
-from alcfcn_jax.train import data as train_data
+from alcfcn_jax.train import inputs
 from alcfcn_jax.train.config import validate_config
 
 
@@ -200,19 +200,19 @@ def test_pseudo_mask_config_and_checks(tmp_path):
     c.stage1.workdir = str(tmp_path / "stage1")
     assert pseudo_masks.pseudo_mask_dir(c) == tmp_path / "stage1" / "pseudo_masks"
     with pytest.raises(pseudo_masks.StalePseudoMasksError, match="pseudo-mask folder not found"):
-        train_data.resolve_pseudo_masks(c)
+        inputs.resolve_pseudo_masks(c)
     masks = tmp_path / "stage1" / "pseudo_masks"
     masks.mkdir(parents=True)
     with pytest.raises(pseudo_masks.StalePseudoMasksError, match="no manifest"):
-        train_data.resolve_pseudo_masks(c)
+        inputs.resolve_pseudo_masks(c)
     (masks / "manifest.json").write_text(json.dumps({"checkpoint_step": 7, "ids": ["a"]}))
     with pytest.raises(pseudo_masks.StalePseudoMasksError, match="missing"):
-        train_data.resolve_pseudo_masks(c)
+        inputs.resolve_pseudo_masks(c)
     import numpy as np
     from PIL import Image
 
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(masks / "a.png")
-    data_cfg, manifest = train_data.resolve_pseudo_masks(c)
+    data_cfg, manifest = inputs.resolve_pseudo_masks(c)
     assert data_cfg.pseudo_mask_dir == str(masks) and manifest["checkpoint_step"] == 7
     assert c.data.pseudo_mask_dir == ""  # the config itself is not modified
     with pytest.raises(pseudo_masks.StalePseudoMasksError, match="lists 1 pseudo masks"):

@@ -12,7 +12,7 @@ from alcfcn_jax.config_utils import ConfigError
 from alcfcn_jax.data import pipeline, tap_cache
 from alcfcn_jax.losses import registry as loss_registry
 from alcfcn_jax.models import build_model
-from alcfcn_jax.train import feature_cache
+from alcfcn_jax.train import inputs
 from alcfcn_jax.train import state as train_state
 from alcfcn_jax.train import step as train_step
 from alcfcn_jax.weights.efficientnet import package_weights_path
@@ -91,8 +91,8 @@ def test_cached_batches_give_the_uncached_loss(tmp_path, dtype, rtol):
     raw = _examples(4)
     store = tap_cache.build_tap_store(
         raw,
-        feature_cache.make_extract(model),
-        key_parts=feature_cache.key_parts(model),
+        inputs.make_extract(model),
+        key_parts=inputs.key_parts(model),
         flips=True,
         batching=BATCHING,
         mode="memory",
@@ -228,7 +228,7 @@ def _cache_config(mode, trunk_lr_mult=0.0, **model):
 def test_when_the_cache_applies(mode, lr_mult, model, want):
     config = _cache_config(mode, lr_mult, **model)
     m = train_state.build_model_from_config(config)
-    assert feature_cache.cache_mode(config, m) == want
+    assert inputs.cache_mode(config, m) == want
 
 
 @pytest.mark.parametrize(
@@ -238,7 +238,7 @@ def test_when_the_cache_applies(mode, lr_mult, model, want):
 def test_forced_cache_is_refused_where_it_would_change_training(lr_mult, model, match):
     config = _cache_config("disk", lr_mult, **model)
     with pytest.raises(ConfigError, match=match):
-        feature_cache.cache_mode(config, train_state.build_model_from_config(config))
+        inputs.cache_mode(config, train_state.build_model_from_config(config))
 
 
 def _frames_folder(root, n=3, seed=0):

@@ -1,10 +1,11 @@
 """The data config: every field the data layer reads, with its default.
 
 ``default_data_config(dataset)`` returns the ``ml_collections.ConfigDict`` that the config files
-embed as ``config.data``. The data layer's entry points (``get_source``, the pipeline's
-``*_from_config``, ``Preprocessing.from_data_config``) read a config once, through
-:func:`complete` (missing fields take the defaults listed here), and hand explicit values to the
-readers.
+embed as ``config.data``. ``train.config.resolve`` fills the fields a config lacks from
+:func:`defaults` (once per entry point); the data layer's entry points (``get_source``, the
+pipeline's ``*_from_config``, ``Preprocessing.from_data_config``) read a complete config and hand
+explicit values to the readers. :func:`complete` does the filling for code that holds a data
+config of its own (tests, tools).
 
 Fields (all datasets):
   dataset: "deepfish" | "synthetic" | "sample" | "boxes" | "points".
@@ -133,9 +134,9 @@ def complete(cfg: Any) -> ml_collections.ConfigDict:
 
 
 def with_preprocessing(cfg: Any, preprocessing: Any) -> ml_collections.ConfigDict:
-    """A copy of a data config whose preprocessing fields say ``preprocessing``
+    """A copy of a (complete) data config whose preprocessing fields say ``preprocessing``
     (``data.preprocess.Preprocessing``): what a checkpoint was trained with."""
-    out = complete(cfg)
+    out = ml_collections.ConfigDict(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg))
     out.image_short_side = preprocessing.short_side
     if "letterbox" in out:
         out.letterbox = preprocessing.letterbox

@@ -28,7 +28,6 @@ import numpy as np
 from PIL import Image
 
 from alcfcn_jax.data import preprocess as pp
-from alcfcn_jax.data.config import complete
 
 Batch = dict[str, np.ndarray]
 
@@ -288,8 +287,8 @@ def eval_batches(
 
 
 def batching(data_cfg: Any) -> dict[str, Any]:
-    """The batching options of a data config, as keyword arguments of the iterators."""
-    cfg = complete(data_cfg)
+    """The batching options of a (complete) data config, as keyword arguments of the iterators."""
+    cfg = data_cfg
     fs = cfg.fixed_size
     return {
         "pad_or_resize": cfg.pad_or_resize,
@@ -314,7 +313,7 @@ def train_iterator_from_config(
         source,
         batch_size=batch_size,
         seed=seed,
-        flip=bool(complete(data_cfg).flip),
+        flip=bool(data_cfg.flip),
         process_index=process_index,
         process_count=process_count,
         **batching(data_cfg),

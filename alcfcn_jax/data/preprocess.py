@@ -391,12 +391,11 @@ class Preprocessing:
 
     @classmethod
     def from_data_config(cls, data_cfg: Any) -> Preprocessing:
-        """The preprocessing a data config describes (datasets without ``letterbox``: none)."""
-        from alcfcn_jax.data.config import complete
-
-        cfg = complete(data_cfg)
-        short = cfg.image_short_side
-        letterbox = cfg.letterbox if "letterbox" in cfg else "none"
+        """The preprocessing a complete data config (or its dict, as a checkpoint records it)
+        describes (datasets without ``letterbox``: none)."""
+        cfg = dict(data_cfg.items()) if hasattr(data_cfg, "items") else dict(data_cfg)
+        short = cfg["image_short_side"]
+        letterbox = cfg.get("letterbox", "none")
         return cls(None if short is None else int(short), str(letterbox or "none"))
 
     @classmethod

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from alcfcn_jax.data.pseudo_masks import pseudo_mask_dir
 from alcfcn_jax.io import (
     csv_text,
     ensure_writable_dir,
@@ -68,12 +69,10 @@ def method_name(config: Any) -> str:
     """The paper's name for the method a config trains (for the report table)."""
     model = config.model
     loss = str(config.loss.name) if "loss" in config else ""
-    pm = bool(str(getattr(config.data, "pseudo_mask_dir", "") or ""))
-    # Stage 2 names stage 1's workdir (alcfcn_jax.pseudo_source reads its pseudo masks).
-    if "stage1" in config and str(getattr(config.stage1, "workdir", "") or ""):
-        pm = True
-    if pm:
-        return "A-LCFCN + PM"
+    if pseudo_mask_dir(config) is not None:
+        # Trained on a stage-1 run's pseudo masks; A-LCFCN learning only its affinities from
+        # them keeps its loss on the clicks.
+        return "A-LCFCN + PM" if loss != "lcfcn" else "A-LCFCN (affinity from pseudo masks)"
     if loss == "point_level":
         return "PL-FCN"
     if loss in ("cross_entropy", "joint"):
@@ -187,10 +186,8 @@ def render_report(result: Mapping[str, Any], *, meta: Mapping[str, Any]) -> str:
 
 def resolve_split(data_cfg: Any, split: str) -> str:
     """Maps ``train`` / ``val`` / ``test`` to the config's split names; others pass through."""
-    from alcfcn_jax.data.config import complete
-
     if split in ("train", "val", "test"):
-        return str(complete(data_cfg)[f"{split}_split"])
+        return str(data_cfg[f"{split}_split"])
     return split
 
 

@@ -16,19 +16,22 @@ import ml_collections
 from absl import logging
 
 from alcfcn_jax.config_utils import ConfigError, to_plain
+from alcfcn_jax.data.config import DATASETS
 from alcfcn_jax.data.config import defaults as data_defaults
-from alcfcn_jax.eval.outlines import INSTANCE_DEFAULTS, InstanceSettings
+from alcfcn_jax.data.pseudo_masks import pseudo_mask_dir
+from alcfcn_jax.eval.outlines import InstanceSettings
 from alcfcn_jax.losses.affinity import LABEL_SOURCES
 from alcfcn_jax.losses.registry import LOSSES
 from alcfcn_jax.models import (
     BACKBONES,
     CAM_HEADS,
     DTYPES,
-    MODEL_DEFAULTS,
     MODEL_NAMES,
     RW_METHODS,
     TRUNK_MODES,
 )
+from alcfcn_jax.train import defaults
+from alcfcn_jax.train.inputs import FEATURE_CACHE_MODES
 from alcfcn_jax.train.optim import OPTIMIZERS, SCHEDULES
 
 SELECT_METRICS = ("miou", "iou_fish", "mae", "rmse", "game")
@@ -37,62 +40,6 @@ SELECT_METRICS = ("miou", "iou_fish", "mae", "rmse", "game")
 MASK_METRICS = ("miou", "iou_fish")
 DATASETS_WITHOUT_MASKS = ("sample", "boxes", "points")
 REQUIRED_SECTIONS = ("model", "loss", "data", "optim", "train")
-FEATURE_CACHE_MODES = ("off", "auto", "memory", "disk")
-# Keys a config may lack (configs written before they existed): ``resolve`` fills these values,
-# which reproduce the behaviour of such configs. ``stage1`` is filled only where it exists, and
-# ``pm`` (the pseudo-mask rounds) only in configs that train on pseudo masks (a ``stage1`` or
-# ``pm`` section).
-_OPTIONAL_MODEL_KEYS = (
-    "backbone",
-    "with_affinity",
-    "weights",
-    "weights_allow_missing",
-    "cam_head",
-    "decoder_width",
-    "decoder_dropout",
-    "output_stride",
-    "affinity_widths",
-    "trunk_taps",
-    "embedding_dim",
-    "embedding_width",
-)
-OPTIONAL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "model": {k: MODEL_DEFAULTS[k] for k in _OPTIONAL_MODEL_KEYS},
-    "loss": {
-        "affinity_weight": 0.0,
-        "affinity_fg": 0.7,
-        "affinity_bg": 0.3,
-        # Where the affinity labels come from: the activation map ("cam") or the training
-        # masks, a stage-1 run's pseudo masks ("pseudo_masks", fish cells split by click).
-        "affinity_labels": "cam",
-        # WISE embedding term (losses.embedding): weight 0 = off; pixels sampled per object,
-        # from the background, and the most objects per image.
-        "embedding_weight": 0.0,
-        "embedding_per_object": 8,
-        "embedding_background": 32,
-        "embedding_max_objects": 16,
-    },
-    "optim": {"schedule": "constant", "clip_grad_norm": 0.0, "trunk_lr_mult": 1.0},
-    "train": {
-        "eval_at_start": False,
-        "eval_test": True,
-        "count_baseline": False,
-        "skip_zero_loss": True,
-        "tensorboard": "auto",
-        "progress": True,
-        "walk_warmup_steps": 0,
-        "feature_cache": "off",
-        "feature_cache_dir": "",
-        "feature_cache_dtype": "float16",
-        "feature_cache_memory_mb": 256,
-    },
-    "stage1": {"workdir": "", "which": "best", "allow_stale": False},
-    # Iterative pseudo-mask rounds (apps/rounds.py): 1 = the single stage 2 in the workdir.
-    "pm": {"rounds": 1},
-    # How fish probability becomes fish instances (eval/outlines.py): evaluate, predict,
-    # instances and the pseudo-mask writer.
-    "instances": dict(INSTANCE_DEFAULTS),
-}
 
 
 def _require(cfg: Any, path: str) -> Any:
@@ -226,9 +173,7 @@ def _check_affinity_learning(config: ml_collections.ConfigDict) -> None:
                 f"config.loss.affinity_bg={bg} and affinity_fg={fg} need 0 <= bg < fg <= 1"
             )
         source = _choice(config, "loss.affinity_labels", LABEL_SOURCES)
-        on_masks = "stage1" in config and bool(str(config.stage1.workdir or ""))
-        on_masks = on_masks or bool(str(config.data.get("pseudo_mask_dir", "") or ""))
-        if source == "pseudo_masks" and not on_masks:
+        if source == "pseudo_masks" and pseudo_mask_dir(config) is None:
             raise ConfigError(
                 "config.loss.affinity_labels='pseudo_masks' reads the training masks of a "
                 "stage-1 run: set config.stage1.workdir (a preset with a stage1 section, e.g. "
@@ -273,10 +218,7 @@ def _check_rounds(config: ml_collections.ConfigDict) -> None:
     if "pm" not in config:
         return
     rounds = _int(config, "pm.rounds", minimum=1)
-    has_masks = bool(str(config.data.get("pseudo_mask_dir", "") or "")) or (
-        "stage1" in config and bool(str(config.stage1.workdir or ""))
-    )
-    if rounds > 1 and not has_masks:
+    if rounds > 1 and pseudo_mask_dir(config) is None:
         raise ConfigError(
             f"config.pm.rounds={rounds} trains on pseudo masks: set config.stage1.workdir "
             "(the stage-1 run whose pseudo masks round 1 trains on)"
@@ -295,9 +237,6 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """
     validate_config(config)
     out = _with_optional(config)
-    for key, value in data_defaults(str(out.data.dataset)).items():
-        if key not in out.data:
-            out.data[key] = value
     dataset = str(out.data.dataset)
     if dataset in DATASETS_WITHOUT_MASKS and out.train.select_metric in MASK_METRICS:
         # No validation masks: mIoU is never finite, so no best checkpoint would ever be chosen.
@@ -312,14 +251,22 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _with_optional(config: Any) -> ml_collections.ConfigDict:
-    """An unlocked copy of ``config`` with the :data:`OPTIONAL_DEFAULTS` it lacks."""
+    """An unlocked copy of ``config`` with every key it lacks at its default
+    (``train.defaults``), except the ``REQUIRED`` ones. ``stage1`` is filled only where it
+    exists, and ``pm`` (the pseudo-mask rounds) only in configs that train on pseudo masks (a
+    ``stage1`` or ``pm`` section)."""
     out = ml_collections.ConfigDict(to_plain(config))
-    for section, fields in OPTIONAL_DEFAULTS.items():
+    for section, fields in defaults.SECTIONS.items():
         if section not in out:
             if section == "stage1" or (section == "pm" and "stage1" not in out):
                 continue
             out[section] = ml_collections.ConfigDict()
+        required = defaults.REQUIRED.get(section, ())
         for key, value in fields.items():
-            if key not in out[section]:
+            if key not in out[section] and key not in required:
                 out[section][key] = value
+    if "dataset" in out.data and out.data.dataset in DATASETS:
+        for key, value in data_defaults(str(out.data.dataset)).items():
+            if key not in out.data:
+                out.data[key] = value
     return out

@@ -30,7 +30,7 @@ from alcfcn_jax.eval.evaluation import evaluate
 from alcfcn_jax.io import read_json, write_json_atomic, write_text_atomic
 from alcfcn_jax.losses.affinity import AffinityLoss
 from alcfcn_jax.losses.embedding import EmbeddingLoss
-from alcfcn_jax.train import data as train_data
+from alcfcn_jax.train import inputs
 from alcfcn_jax.train.config import resolve
 from alcfcn_jax.train.metric_writer import MetricWriter, quiet_library_logs
 from alcfcn_jax.train.optim import learning_rate_schedule
@@ -122,7 +122,7 @@ def _scalars(result: Mapping[str, Any], prefix: str) -> dict[str, float]:
 def evaluate_split(
     graphs: Graphs,
     state: TrainState,
-    data: train_data.TrainData,
+    data: inputs.TrainData,
     source: Any,
     mesh: jax.sharding.Mesh,
     *,
@@ -234,7 +234,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         eval_batch,
     )
     select_key = f"val_{tc.select_metric}"
-    data = train_data.build(
+    data = inputs.build(
         config, local_batch=local_batch, eval_batch_local=eval_batch // jax.process_count()
     )
     num_steps = int(tc.num_steps)
@@ -243,7 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         stack.enter_context(jax.set_mesh(mesh))
         graphs, state = create_train_state(config, mesh)
         model = nnx.merge(graphs.model, state["model"])
-        data = train_data.attach_feature_cache(config, model, data, local_batch)
+        data = inputs.attach_feature_cache(config, model, data, local_batch)
         counts = param_counts(state, graphs.wrt)
         logging.info(
             "Model: %s/%s, %d trainable and %d frozen/statistics values",
@@ -295,9 +295,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 progress=bool(tc.progress),
             )
         )
-        if start == 0 and bool(tc.eval_at_start):
-            result = evaluate_split(graphs, state, data, data.val, mesh)
-            writer.write(0, _scalars(result, "val_"), kind="val")
 
         # --- the loop: step, log, validate, checkpoint --------------------------------------
         window = _Window()
@@ -380,7 +377,7 @@ def _finish(
     config: Any,
     graphs: Graphs,
     state: TrainState,
-    data: train_data.TrainData,
+    data: inputs.TrainData,
     mesh: jax.sharding.Mesh,
     ckpt: Checkpointer,
     writer: MetricWriter,
