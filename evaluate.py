@@ -50,8 +50,8 @@ def main(argv):
     jax.config.parse_flags_with_absl()
     # Multi-process: every process runs this program with the same flags (README).
     distributed.initialize_from_flags()
-    from alcfcn_jax.apps import pseudo_masks
     from alcfcn_jax.eval import report
+    from alcfcn_jax.train import mask_writer as pseudo_masks
     from alcfcn_jax.train.config import resolve
 
     config = resolve(_CONFIG.value)

@@ -3,7 +3,7 @@
 Any config value can be overridden (``--config.optim.lr=1e-5``); presets are chosen with
 ``--config=configs/deepfish.py:lcfcn``. Rerunning the same command resumes from the latest
 checkpoint in ``--workdir``. A pseudo-mask config with ``--config.pm.rounds=R`` (R > 1) trains R
-rounds of stage 2 in ``<workdir>/round_<r>/`` (``alcfcn_jax.apps.rounds``).
+rounds of stage 2 in ``<workdir>/round_<r>/`` (``alcfcn_jax.train.rounds``).
 """
 
 from __future__ import annotations
@@ -28,16 +28,9 @@ def main(argv: list[str]) -> None:
 
     jax.config.parse_flags_with_absl()
     distributed.initialize_from_flags()
-    from alcfcn_jax.apps import rounds
-    from alcfcn_jax.train import loop
+    from alcfcn_jax.train.runner import run
 
-    config, workdir = _CONFIG.value, _WORKDIR.value
-    n_rounds = rounds.num_rounds(config)
-    if n_rounds > 1:
-        rounds.run(config, workdir)
-    else:
-        rounds.check_workdir(workdir, n_rounds)
-        loop.run(config, workdir)
+    run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

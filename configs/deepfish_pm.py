@@ -14,7 +14,7 @@ Training refuses masks written from another stage-1 checkpoint than its current 
 ``data.pseudo_mask_dir`` may point at a mask folder directly instead.
 
 ``--config.pm.rounds=R`` (R > 1) trains R rounds in ``<workdir>/round_<r>/``, each on the pseudo
-masks of the round before (``alcfcn_jax/apps/rounds.py``; README "Iterative pseudo-mask rounds").
+masks of the round before (``alcfcn_jax/train/rounds.py``; README "Iterative pseudo-mask rounds").
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def _save(ckpt, step, state, config, *, metrics=None):
 
 
 def test_refused_resume_does_not_touch_config_json(tmp_path, smoke):
-    from alcfcn_jax.train import loop
+    from alcfcn_jax.train import runner
 
     config, _, _, state = smoke
     ckpt = Checkpointer(tmp_path)
@@ -54,7 +54,7 @@ def test_refused_resume_does_not_touch_config_json(tmp_path, smoke):
     changed = configs.deepfish.get_config("smoke")
     changed.model.with_affinity = False
     with pytest.raises(CheckpointError, match="model.with_affinity"):
-        loop.run(changed, str(tmp_path))
+        runner.run(changed, str(tmp_path))
     assert json.loads((tmp_path / "config.json").read_text()) == {"original": True}
 
 
@@ -285,12 +285,12 @@ def test_output_dir_that_is_a_file_or_unwritable_is_refused_first(tmp_path, monk
 
 
 def test_diverging_lcfcn_run_stops_naming_the_step(tmp_path):
-    from alcfcn_jax.train import loop, metric_writer
+    from alcfcn_jax.train import metric_writer, runner
 
     config = configs.deepfish.get_config("smoke")
     config.optim.lr = 1e30
     with pytest.raises(FloatingPointError) as err:
-        loop.run(config, str(tmp_path))
+        runner.run(config, str(tmp_path))
     message = str(err.value)
     assert "non-finite loss at step" in message and "outputs are NaN/inf" in message
     assert "CpuCallback" not in message and "optim.lr" in message
@@ -371,10 +371,10 @@ def test_corrupt_image_is_found_before_training(tmp_path, caplog):
 def test_grown_training_set_makes_masks_stale_for_both(tmp_path):
     from PIL import Image
 
-    from alcfcn_jax.apps import pseudo_masks as writer
     from alcfcn_jax.data import default_data_config, get_source
     from alcfcn_jax.data import pseudo_masks as pm
     from alcfcn_jax.data.source import example_ids
+    from alcfcn_jax.train import mask_writer as writer
 
     root = _boxes_dir(tmp_path / "data", ["a.jpg", "b.jpg"])
     cfg = default_data_config("boxes")

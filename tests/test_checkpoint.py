@@ -13,9 +13,10 @@ import pytest
 from flax import nnx
 
 import configs.deepfish
-from alcfcn_jax import checkpoint
+from alcfcn_jax import checkpoint, config_utils
 from alcfcn_jax import sharding as shd
 from alcfcn_jax.checkpoint import Checkpointer, CheckpointError
+from alcfcn_jax.eval import inference
 from alcfcn_jax.train import state as train_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def _save(ckpt, step, state, config, *, val=None, data_state=None):
         step,
         model_state=state["model"],
         opt_state=state["opt"],
-        meta={"config": checkpoint.config_utils.to_plain(config), "note": f"step {step}"},
+        meta={"config": config_utils.to_plain(config), "note": f"step {step}"},
         data_state=data_state,
         metrics=None if val is None else {"val_miou": val},
     )
@@ -183,7 +184,7 @@ def test_interrupted_save_leaves_previous_checkpoint(tmp_path):
 def test_restore_for_inference(tmp_path, smoke):
     config, _, graphs, state = smoke
     with pytest.raises(CheckpointError, match="no checkpoints"):
-        checkpoint.restore_for_inference(config, tmp_path)
+        inference.restore_model(config, tmp_path)
     ckpt = Checkpointer(tmp_path)
     _save(ckpt, 1, state, config, val=0.7)
     bumped = dict(state, model=jax.tree.map(lambda x: x, state["model"]))
@@ -192,20 +193,20 @@ def test_restore_for_inference(tmp_path, smoke):
     _save(ckpt, 2, bumped, config, val=0.2)
     ckpt.close()
 
-    model, step, meta = checkpoint.restore_for_inference(config, tmp_path, "best")
+    model, step, meta = inference.restore_model(config, tmp_path, "best")
     assert step == 1 and meta["step"] == 1
     reference = nnx.merge(graphs.model, state["model"])
     images = jnp.asarray(np.random.default_rng(0).normal(size=(1, 32, 48, 3)), jnp.float32)
     np.testing.assert_allclose(
         np.asarray(model(images)), np.asarray(reference(images)), rtol=1e-6, atol=1e-6
     )
-    _, step, _ = checkpoint.restore_for_inference(config, tmp_path, "latest")
+    _, step, _ = inference.restore_model(config, tmp_path, "latest")
     assert step == 2
-    _, step, _ = checkpoint.restore_for_inference(config, tmp_path, 2)
+    _, step, _ = inference.restore_model(config, tmp_path, 2)
     assert step == 2
     with pytest.raises(CheckpointError, match="no checkpoint at step 5"):
-        checkpoint.restore_for_inference(config, tmp_path, 5)
+        inference.restore_model(config, tmp_path, 5)
     other = configs.deepfish.get_config("smoke")
     other.model.n_classes = 3
     with pytest.raises(CheckpointError, match="model.n_classes"):
-        checkpoint.restore_for_inference(other, tmp_path)
+        inference.restore_model(other, tmp_path)

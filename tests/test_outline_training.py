@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 
-from alcfcn_jax.apps import pseudo_masks as pm_app
 from alcfcn_jax.data import get_source
 from alcfcn_jax.data import pseudo_masks as pm_data
-from alcfcn_jax.train import loop
+from alcfcn_jax.train import mask_writer as pm_app
+from alcfcn_jax.train import runner
 from alcfcn_jax.train.config import resolve
 from configs import deepfish, deepfish_pm
 from tests.test_rounds import _short
@@ -20,7 +20,7 @@ def test_affinity_from_outlined_click_instances(tmp_path):
     cfg1 = _short(deepfish.get_config("smoke"))
     cfg1.instances.pseudo_masks = "click_instances"
     cfg1.instances.outline = "grabcut"
-    loop.run(cfg1, str(w1))
+    runner.run(cfg1, str(w1))
     manifest = pm_app.write_pseudo_masks(cfg1, w1)
     assert manifest["masks"]["pseudo_masks"] == "click_instances"
     masks = sorted((w1 / pm_data.PSEUDO_MASK_SUBDIR).rglob("*.png"))
@@ -37,7 +37,7 @@ def test_affinity_from_outlined_click_instances(tmp_path):
     cfg2.loss.affinity_labels = "pseudo_masks"
     deepfish_pm.add_stage2_sections(cfg2, stage1_workdir=str(w1))
     w2 = tmp_path / "outlines"
-    loop.run(cfg2, str(w2))
+    runner.run(cfg2, str(w2))
     rows = [json.loads(line) for line in open(w2 / "metrics.jsonl")]
     train = [r for r in rows if "loss_affinity" in r]
     # The term ran on every step (its value is tested in test_affinity_loss.py; on the smoke

@@ -1,6 +1,6 @@
 """End to end on a tiny synthetic tree: stage 1 -> evaluate -> pseudo masks -> stage 2 -> evaluate.
 
-Runs the library entry points the CLIs call (``loop.run``, ``eval_report.run_evaluation``,
+Runs the library entry points the CLIs call (``runner.run``, ``eval_report.run_evaluation``,
 ``pseudo_masks.write_pseudo_masks``) with the ``smoke`` presets, then checks every file a user
 looks at, the clear errors for bad inputs, and prediction on a folder with the trained model.
 """
@@ -14,9 +14,10 @@ from PIL import Image
 
 from alcfcn_jax import checkpoint
 from alcfcn_jax.apps import predict
-from alcfcn_jax.apps import pseudo_masks as pm
+from alcfcn_jax.eval import inference
 from alcfcn_jax.eval import report as eval_report
-from alcfcn_jax.train import loop
+from alcfcn_jax.train import mask_writer as pm
+from alcfcn_jax.train import runner
 
 
 def smoke_config():
@@ -55,7 +56,7 @@ def stage2_config(stage1_workdir):
 def test_stage1_pseudo_masks_stage2_evaluate(tmp_path, monkeypatch):
     w1, w2 = tmp_path / "stage1", tmp_path / "stage2"
     cfg1 = smoke_config()
-    loop.run(cfg1, str(w1))
+    runner.run(cfg1, str(w1))
 
     res1 = eval_report.run_evaluation(cfg1, w1, split="test", num_overlays=2)
     out = w1 / "eval" / "test"
@@ -93,7 +94,7 @@ def test_stage1_pseudo_masks_stage2_evaluate(tmp_path, monkeypatch):
     assert {p: p.read_bytes() for p in masks} == before
 
     cfg2 = stage2_config(w1)
-    loop.run(cfg2, str(w2))
+    runner.run(cfg2, str(w2))
     res2 = eval_report.run_evaluation(cfg2, w2, split="test", num_overlays=1)
     assert json.loads((w2 / "eval" / "test" / "metrics.json").read_text())["meta"]["method"] == (
         "A-LCFCN + PM"
@@ -103,7 +104,7 @@ def test_stage1_pseudo_masks_stage2_evaluate(tmp_path, monkeypatch):
     assert metrics2["miou"] == pytest.approx((metrics2["iou_bg"] + metrics2["iou_fish"]) / 2)
 
     # Prediction on a folder with the stage-1 model, including an odd-sized and an empty image.
-    model, _, _ = checkpoint.restore_for_inference(cfg1, str(w1), "best")
+    model, _, _ = inference.restore_model(cfg1, str(w1), "best")
     photos = tmp_path / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)
@@ -120,7 +121,7 @@ def test_stage1_pseudo_masks_stage2_evaluate(tmp_path, monkeypatch):
     stale["checkpoint_step"] = step1 + 1000
     manifest_path.write_text(json.dumps(stale))
     with pytest.raises(Exception, match="stale"):
-        loop.run(stage2_config(w1), str(tmp_path / "stage2b"))
+        runner.run(stage2_config(w1), str(tmp_path / "stage2b"))
 
 
 def test_bad_inputs_are_clear_errors(tmp_path):

@@ -15,6 +15,7 @@ from alcfcn_jax import sharding as shd
 from alcfcn_jax.apps import predict
 from alcfcn_jax.data import boxes
 from alcfcn_jax.data.preprocess import Preprocessing
+from alcfcn_jax.eval import inference
 from alcfcn_jax.eval import report as eval_report
 from alcfcn_jax.train import state as train_state
 from configs.deepfish import model_config
@@ -63,11 +64,11 @@ def test_checkpoint_records_its_preprocessing(workdir):
     meta = checkpoint.Checkpointer(workdir, read_only=True).read_meta(1)
     assert meta["preprocessing"] == {"short_side": 64, "letterbox": "crop"}
     # A config that disagrees is overruled by the checkpoint's record.
-    assert checkpoint.recorded_preprocessing(meta, _config(short_side=128)) == Preprocessing(
+    assert inference.recorded_preprocessing(meta, _config(short_side=128)) == Preprocessing(
         64, "crop"
     )
     old = {"config": {"data": {"dataset": "boxes", "image_short_side": 96}}}
-    assert checkpoint.recorded_preprocessing(old, _config()) == Preprocessing(96, "crop")
+    assert inference.recorded_preprocessing(old, _config()) == Preprocessing(96, "crop")
 
 
 def test_predict_count_equals_evaluate_count(workdir, tmp_path):
@@ -77,13 +78,13 @@ def test_predict_count_equals_evaluate_count(workdir, tmp_path):
         config, str(workdir), split="val", which="latest", num_overlays=0
     )
     evaluated = {r["id"]: r["pred_count"] for r in result["per_image"]}
-    model, _, meta = checkpoint.restore_for_inference(config, str(workdir), "latest")
+    model, _, meta = inference.restore_model(config, str(workdir), "latest")
     out = tmp_path / "pred"
     predict.predict_folder(
         model,
         SAMPLE_VAL,
         out,
-        preprocessing=checkpoint.recorded_preprocessing(meta, config),
+        preprocessing=inference.recorded_preprocessing(meta, config),
         overlays=False,
     )
     with open(out / "images.csv") as f:

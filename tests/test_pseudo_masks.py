@@ -11,9 +11,9 @@ from flax import nnx
 from PIL import Image
 
 from alcfcn_jax import sharding as shd
-from alcfcn_jax.apps import pseudo_masks as pm
 from alcfcn_jax.data import pseudo_masks as pm_data
 from alcfcn_jax.data.pipeline import eval_batches
+from alcfcn_jax.train import mask_writer as pm
 
 
 class ThresholdModel(nnx.Module):

@@ -1,4 +1,4 @@
-"""Iterative pseudo-mask rounds (alcfcn_jax/apps/rounds.py) on the smoke presets.
+"""Iterative pseudo-mask rounds (alcfcn_jax/train/rounds.py) on the smoke presets.
 
 A smoke stage 1 and its masks, then 2 rounds of stage 2: both round folders, round 2 trained on
 round 1's masks from round 1's best step, rounds.json with per-round figures; a rerun trains,
@@ -10,10 +10,9 @@ import math
 
 import pytest
 
-from alcfcn_jax.apps import pseudo_masks as pm_app
-from alcfcn_jax.apps import rounds
 from alcfcn_jax.config_utils import ConfigError
-from alcfcn_jax.train import loop
+from alcfcn_jax.train import loop, rounds, runner
+from alcfcn_jax.train import mask_writer as pm_app
 from alcfcn_jax.train.config import resolve
 
 
@@ -46,7 +45,7 @@ def stage2_config(stage1_workdir, n_rounds):
 def stage1(tmp_path_factory):
     w1 = tmp_path_factory.mktemp("stage1")
     cfg1 = stage1_config()
-    loop.run(cfg1, str(w1))
+    runner.run(cfg1, str(w1))
     pm_app.write_pseudo_masks(cfg1, w1)
     return w1
 
@@ -64,7 +63,7 @@ def test_two_rounds_then_rerun_does_nothing(tmp_path, stage1, monkeypatch):
         return {**rec, "val": {**rec["val"], "miou": 0.0}}
 
     monkeypatch.setattr(rounds, "stage1_record", lenient)
-    summary = rounds.run(stage2_config(stage1, 2), w)
+    summary = rounds.run_rounds(stage2_config(stage1, 2), w)
 
     r1, r2 = w / "round_1", w / "round_2"
     for rdir in (r1, r2):
@@ -122,10 +121,10 @@ def test_two_rounds_then_rerun_does_nothing(tmp_path, stage1, monkeypatch):
     assert f"| stage 1 | clicks | {stage1_step} |" in table
 
     # Rerunning the same command trains, writes and evaluates nothing.
-    monkeypatch.setattr(loop, "run", _refuse)
+    monkeypatch.setattr(loop, "train_and_evaluate", _refuse)
     monkeypatch.setattr(rounds, "write_pseudo_masks", _refuse)
     monkeypatch.setattr(rounds, "run_evaluation", _refuse)
-    again = rounds.run(stage2_config(stage1, 2), w)
+    again = rounds.run_rounds(stage2_config(stage1, 2), w)
     assert [rec["trained"] for rec in again["rounds"]] == [False, False]
     assert [rec["val"] for rec in again["rounds"]] == figures
 
@@ -134,7 +133,7 @@ def test_two_rounds_then_rerun_does_nothing(tmp_path, stage1, monkeypatch):
     monkeypatch.setattr(
         rounds, "evaluate_round", lambda cfg, rdir, step: worse[int(rdir.name.split("_")[1])]
     )
-    stopped = rounds.run(stage2_config(stage1, 3), w)
+    stopped = rounds.run_rounds(stage2_config(stage1, 3), w)
     assert stopped["stopped_early"] and not stopped["complete"]
     assert "round 2 is worse than round 1" in stopped["stop_reason"]
     assert len(stopped["rounds"]) == 2 and stopped["best_round"] == 1
@@ -148,7 +147,7 @@ def test_two_rounds_then_rerun_does_nothing(tmp_path, stage1, monkeypatch):
         "stage1_record",
         lambda d, step: {"workdir": str(d), "step": step, "val": {"miou": 0.9}},
     )
-    first_only = rounds.run(stage2_config(stage1, 3), w)
+    first_only = rounds.run_rounds(stage2_config(stage1, 3), w)
     assert first_only["stopped_early"] and len(first_only["rounds"]) == 1
     assert "round 1 is worse than stage 1" in first_only["stop_reason"]
     table = (w / "rounds.md").read_text()

@@ -10,10 +10,10 @@ import pytest
 from flax import nnx
 
 import configs.deepfish
-from alcfcn_jax import checkpoint
 from alcfcn_jax.checkpoint import Checkpointer
+from alcfcn_jax.eval import inference
 from alcfcn_jax.losses import registry as loss_registry
-from alcfcn_jax.train import loop, metric_writer
+from alcfcn_jax.train import loop, metric_writer, runner
 from alcfcn_jax.train import step as train_step
 
 
@@ -54,7 +54,7 @@ def _record_batches(monkeypatch, log: list, crash_after: int | None = None):
 
 
 def _params(workdir, step):
-    model, _, meta = checkpoint.restore_for_inference(_config(), workdir, step)
+    model, _, meta = inference.restore_model(_config(), workdir, step)
     ckpt = Checkpointer(workdir, read_only=True)
     data = ckpt.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
     ckpt.close()
@@ -65,17 +65,17 @@ def test_resume_after_crash_is_identical(tmp_path, monkeypatch):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     order_a: list = []
     _record_batches(monkeypatch, order_a)
-    final_a = loop.run(_config(), str(straight))
+    final_a = runner.run(_config(), str(straight))
     assert final_a["step"] == 6 and len(order_a) == 6
 
     order_b: list = []
     _record_batches(monkeypatch, order_b, crash_after=4)  # dies fetching batch 5
     with pytest.raises(_Crash):
-        loop.run(_config(), str(resumed))
+        runner.run(_config(), str(resumed))
     assert Checkpointer(resumed, read_only=True).all_steps() == [3]
     order_c: list = []
     _record_batches(monkeypatch, order_c)
-    final_b = loop.run(_config(), str(resumed))
+    final_b = runner.run(_config(), str(resumed))
     assert final_b["step"] == 6
 
     # Same data order: the resumed run replays batch 4 and continues with 5, 6.
@@ -108,7 +108,7 @@ def test_resume_after_crash_is_identical(tmp_path, monkeypatch):
     # Rerunning a finished run does nothing but report.
     order_d: list = []
     _record_batches(monkeypatch, order_d)
-    again = loop.run(_config(), str(straight))
+    again = runner.run(_config(), str(straight))
     assert order_d == [] and again["step"] == 6 and again["best"] == final_a["best"]
 
 
@@ -132,7 +132,7 @@ def test_nonfinite_loss_stops_with_step_and_term(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "prepare_batch", poison_second_batch)
     monkeypatch.setattr(train_step, "per_image_loss", loss_with_nan_term)
     with pytest.raises(FloatingPointError, match=r"step 2: term\(s\) split_local=nan"):
-        loop.run(_config(), str(tmp_path))
+        runner.run(_config(), str(tmp_path))
     # The last good state (after step 1) was kept as a checkpoint; resuming replays batch 2.
     ckpt = Checkpointer(tmp_path, read_only=True)
     assert ckpt.all_steps() == [1]
@@ -141,7 +141,7 @@ def test_nonfinite_loss_stops_with_step_and_term(tmp_path, monkeypatch):
     assert meta["step"] == 1
     errors = metric_writer.read_metrics(tmp_path, kind="error")
     assert errors and "split_local" in errors[0]["error"]
-    model, step, _ = checkpoint.restore_for_inference(_config(), tmp_path, "latest")
+    model, step, _ = inference.restore_model(_config(), tmp_path, "latest")
     assert step == 1
     for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)):
         assert np.isfinite(np.asarray(leaf)).all()

@@ -48,7 +48,7 @@ from alcfcn_jax import sharding as shd
 from alcfcn_jax.apps import instances as inst_app
 from alcfcn_jax.data import preprocess as pp
 from alcfcn_jax.data.errors import DataError
-from alcfcn_jax.eval import measure, metrics, outlines, viz
+from alcfcn_jax.eval import inference, measure, metrics, outlines, viz
 from alcfcn_jax.io import (
     csv_text,
     ensure_writable_dir,
@@ -231,7 +231,7 @@ def predict_folder(
 
     Args:
       model: an NNX segmentation model (eval mode is used), e.g. from
-        ``checkpoint.restore_for_inference``.
+        ``eval.inference.restore_model``.
       input_dir: folder of images.
       output_dir: where the CSVs, masks and overlays go (created).
       preprocessing: how images become model inputs (``recorded_preprocessing``); None:
@@ -347,7 +347,7 @@ def main(argv: Sequence[str]) -> None:
 
     jax.config.parse_flags_with_absl()
     distributed.initialize_from_flags()
-    from alcfcn_jax import checkpoint
+
     from alcfcn_jax.train.config import resolve
 
     f = flags.FLAGS
@@ -355,7 +355,7 @@ def main(argv: Sequence[str]) -> None:
     which = _parse_which(f.checkpoint)
     # Every process restores onto its own first device; in a multi-process job process 0 does
     # the (single-device) work and writes every file while the others wait.
-    model, step, meta = checkpoint.restore_for_inference(config, f.workdir, which)
+    model, step, meta = inference.restore_model(config, f.workdir, which)
     if jax.process_index() != 0:
         shd.barrier("predict_done")
         return
@@ -363,7 +363,7 @@ def main(argv: Sequence[str]) -> None:
         model,
         f.input_dir,
         f.output_dir,
-        preprocessing=checkpoint.recorded_preprocessing(meta, config),
+        preprocessing=inference.recorded_preprocessing(meta, config),
         instances=outlines.InstanceSettings.from_config(config.instances),
         overlays=f.overlays,
         recursive=f.recursive,

@@ -1,6 +1,6 @@
 """Pseudo masks on disk: the folder stage 1 writes and stage 2 reads, and their checks.
 
-Layout (written by ``alcfcn_jax.apps.pseudo_masks``)::
+Layout (written by ``alcfcn_jax.train.mask_writer``)::
 
     <stage-1 workdir>/pseudo_masks/<id>.png     # 0 background, 255 fish; ids with '/' nest
     <stage-1 workdir>/pseudo_masks/manifest.json # written last: checkpoint step, ids, quality

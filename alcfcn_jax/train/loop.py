@@ -1,4 +1,5 @@
-"""The training loop: train, validate, checkpoint, resume; the ``train.py`` entry.
+"""The training loop of one run: train, validate, checkpoint, resume (``train.runner.run`` is the
+entry that resolves the config and calls it).
 
 ``train_and_evaluate`` runs in explicit sections: set up (mesh, data, state, resume), the loop
 (step, log, validate, checkpoint) and the end-of-run figures (count baseline, test split at the
@@ -9,7 +10,6 @@ data order and dropout masks; a finished run only reports its final figures agai
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import pathlib
 import time
@@ -31,8 +31,7 @@ from alcfcn_jax.io import read_json, write_json_atomic, write_text_atomic
 from alcfcn_jax.losses.affinity import AffinityLoss
 from alcfcn_jax.losses.embedding import EmbeddingLoss
 from alcfcn_jax.train import inputs
-from alcfcn_jax.train.config import resolve
-from alcfcn_jax.train.metric_writer import MetricWriter, quiet_library_logs
+from alcfcn_jax.train.metric_writer import MetricWriter
 from alcfcn_jax.train.optim import learning_rate_schedule
 from alcfcn_jax.train.state import (
     Graphs,
@@ -433,17 +432,3 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> pathlib.Pat
         return None
     path = pathlib.Path(workdir).expanduser() / "config.json"
     return write_text_atomic(path, config_utils.config_to_json(config) + "\n")
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """The ``train.py`` entry: validate and resolve, log the config, train, evaluate.
-
-    ``config.json`` is written by :func:`train_and_evaluate` once the resume checks have passed,
-    so a refused resume leaves the workdir as it was.
-    """
-    quiet_library_logs()
-    config = resolve(config)
-    logging.info("Config:\n%s", config_utils.config_to_json(config))
-    final = train_and_evaluate(config, workdir)
-    logging.info("Final: %s", json.dumps(final, default=str))
-    return final

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a training run: save, auto-resume, best-by-validation, inference restore.
+"""Orbax checkpoints of a training run: save, auto-resume, retention, structure checks.
 
 Layout: ``<workdir>/checkpoints/<step>/`` with four items:
   * ``model`` - the model's NNX state (trainable params, frozen weights, BatchNorm statistics,
@@ -9,36 +9,32 @@ Layout: ``<workdir>/checkpoints/<step>/`` with four items:
   * ``data``  - JSON: the training data iterator state of every process (gathered on multi-host
     runs, so the file written by process 0 holds them all).
 
-Retention: the latest ``keep`` checkpoints plus the one with the best validation score (mIoU by
-default, ``train.select_metric``; ties go to the later step, as the reference's ``>=``). Orbax writes each step into a temporary directory and
-renames it only when complete, so a crash during a save leaves the previous checkpoints intact
-(the half-written directory is ignored and cleaned up on the next start).
+Retention: the latest ``keep`` checkpoints plus the one with the best validation score by the
+ranking rule of ``checkpoint.ranking`` (ties go to the later step, as the reference's ``>=``).
+Orbax writes each step into a temporary directory and renames it only when complete, so a crash
+during a save leaves the previous checkpoints intact (the half-written directory is ignored and
+cleaned up on the next start). Restoring a model for inference is ``eval.inference``'s job.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import pathlib
 from collections.abc import Mapping
 from typing import Any
 
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
-from flax import nnx
 from orbax.checkpoint import checkpoint_managers
 
 from alcfcn_jax import config_utils
 from alcfcn_jax import sharding as shd
+from alcfcn_jax.checkpoint.ranking import DEFAULT_BEST_METRIC, best_mode, is_better
 
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("model", "opt", "meta", "data")
-DEFAULT_BEST_METRIC = "val_miou"
-# Metrics where lower is better; every other selection metric is maximised.
-LOWER_IS_BETTER = ("mae", "rmse", "game", "loss")
 FORMAT_VERSION = 1
 # Config keys that must agree between a checkpoint and the run restoring it: they change the
 # parameter tree or the optimizer state, so a restore would be partial or meaningless.
@@ -58,25 +54,6 @@ class CheckpointError(RuntimeError):
 def checkpoint_dir(workdir: str | os.PathLike) -> pathlib.Path:
     """``<workdir>/checkpoints`` as an absolute path (Orbax requires absolute paths)."""
     return pathlib.Path(workdir).expanduser().absolute() / CHECKPOINT_DIR
-
-
-def best_mode(metric: str) -> str:
-    """``"min"`` for error-like metrics (MAE, GAME, loss...), else ``"max"``."""
-    name = metric.split("_", 1)[-1] if metric.startswith(("val_", "test_")) else metric
-    return "min" if name.startswith(LOWER_IS_BETTER) else "max"
-
-
-def is_better(value: float, best: float | None, metric: str) -> bool:
-    """The one best-checkpoint rule: ``value`` of ``metric`` replaces ``best``.
-
-    A tie replaces the best (the reference's ``>=``: later checkpoints win); a non-finite value
-    never does. Orbax's retention below keeps exactly the checkpoint this rule picks.
-    """
-    if not math.isfinite(value):
-        return False
-    if best is None:
-        return True
-    return value >= best if best_mode(metric) == "max" else value <= best
 
 
 def _preservation_policy(keep: int, metric: str):
@@ -446,11 +423,6 @@ def _abstract(state: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
 
 
-def selection_metric(config: Any) -> str:
-    """The checkpoint-ranking key of a config: ``val_<train.select_metric>`` (``val_miou``)."""
-    return f"val_{config.train.select_metric}"
-
-
 def run_selection_metric(workdir: str | os.PathLike, default: str = DEFAULT_BEST_METRIC) -> str:
     """The checkpoint-ranking key a finished or running training run used (``val_mae`` for a
     run trained with ``select_metric=mae``), read from its latest checkpoint's config; ``default``
@@ -466,80 +438,3 @@ def run_selection_metric(workdir: str | os.PathLike, default: str = DEFAULT_BEST
         ckpt.close()
     metric = saved.get("select_metric")
     return f"val_{metric}" if metric else default
-
-
-def restore_for_inference(
-    config: Any,
-    workdir: str | os.PathLike,
-    which: str | int = "best",
-    *,
-    mesh: jax.sharding.Mesh | None = None,
-) -> tuple[nnx.Module, int, dict[str, Any]]:
-    """Builds the model of ``config.model`` and loads its weights from ``workdir/checkpoints``.
-
-    Args:
-      config: the experiment config (its ``model`` block builds the network).
-      workdir: the training run's directory.
-      which: ``"best"`` (best validation score, ``config.train.select_metric``), ``"latest"`` or
-        a step number.
-      mesh: restore every array replicated over this mesh (it may span processes: Orbax reads
-        each process's copies); None: onto this process's first device.
-
-    Returns:
-      ``(model, step, meta)``: the model with restored state (call it with ``train=False``), the
-      checkpoint step, and the checkpoint's JSON metadata (config, validation metrics...).
-
-    Raises:
-      CheckpointError: no checkpoint, an unknown step, or a checkpoint of a different model.
-    """
-    from alcfcn_jax.models import build_model  # local: keeps this module importable alone
-
-    ckpt = Checkpointer(workdir, read_only=True, best_metric=selection_metric(config))
-    try:
-        step = ckpt.resolve(which)
-        meta = ckpt.check_config(step, config)
-        # No pretrained weights: every value is overwritten by the checkpoint.
-        model_cfg = ml_collections.ConfigDict(config.model.to_dict())
-        model_cfg.weights = ""
-        abstract_model = nnx.eval_shape(
-            lambda: build_model(model_cfg, rngs=nnx.Rngs(int(config.seed)))
-        )
-        graphdef, abstract_state = nnx.split(abstract_model)
-        if mesh is None:
-            target = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        else:
-            target = shd.replicated(mesh)
-        abstract_state = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=target), abstract_state
-        )
-        model_state, _, meta, _ = ckpt.restore(
-            step, model_state=abstract_state, opt_state=None, with_data=False
-        )
-    finally:
-        ckpt.close()
-    return nnx.merge(graphdef, model_state), step, meta
-
-
-def recorded_preprocessing(meta: dict[str, Any] | None, config: Any) -> Any:
-    """The preprocessing a checkpoint was trained with (its metadata), else the config's.
-
-    Checkpoints record it (``meta["preprocessing"]``); older ones only their config, whose data
-    block says the same. A config that disagrees is overruled, with a warning.
-    """
-    from alcfcn_jax.data import preprocess as pp
-
-    given = pp.Preprocessing.from_data_config(config.data)
-    meta = meta or {}
-    if "preprocessing" in meta:
-        recorded = pp.Preprocessing.from_dict(meta["preprocessing"])
-    elif "data" in (meta.get("config") or {}):
-        recorded = pp.Preprocessing.from_data_config(meta["config"]["data"])
-    else:
-        return given
-    if recorded != given:
-        logging.warning(
-            "The checkpoint was trained with %s; the config says %s: using the checkpoint's",
-            recorded,
-            given,
-        )
-    return recorded

@@ -21,7 +21,7 @@ refuses the other's).
 Each round's config is the stage-2 config with ``stage1.workdir`` pointing at the round before
 (round 1: the user's ``stage1.workdir``), so round r+1 is checked exactly as stage 2 is: its masks
 must come from round r's best checkpoint by round r's own selection metric. Round r's masks are
-written by the one pseudo-mask writer (``apps.pseudo_masks.write_pseudo_masks``), whose staleness
+written by the one pseudo-mask writer (``train.mask_writer.write_pseudo_masks``), whose staleness
 rule is the one stage 2 applies (``data.pseudo_masks.stale_reason``).
 
 Resumable at round granularity: a round whose ``final.json`` exists for its last step is not
@@ -50,14 +50,13 @@ import ml_collections
 from absl import logging
 
 from alcfcn_jax import sharding as shd
-from alcfcn_jax.apps.pseudo_masks import write_pseudo_masks
 from alcfcn_jax.checkpoint import best_mode, is_better
 from alcfcn_jax.data import pseudo_masks as pm
 from alcfcn_jax.eval.report import run_evaluation
 from alcfcn_jax.io import read_json, write_json_atomic, write_text_atomic
 from alcfcn_jax.train import loop
-from alcfcn_jax.train.config import resolve
-from alcfcn_jax.train.metric_writer import quiet_library_logs, read_metrics
+from alcfcn_jax.train.mask_writer import write_pseudo_masks
+from alcfcn_jax.train.metric_writer import read_metrics
 
 ROUNDS_FILE = "rounds.json"
 ROUNDS_TABLE = "rounds.md"
@@ -260,8 +259,9 @@ def _write_summary(workdir: pathlib.Path, summary: Mapping[str, Any]) -> None:
         write_text_atomic(workdir / ROUNDS_TABLE, render_table(summary))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
-    """Trains (or resumes) ``config.pm.rounds`` stage-2 rounds in ``workdir`` (module doc).
+def run_rounds(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Trains (or resumes) ``config.pm.rounds`` stage-2 rounds in ``workdir`` (module doc);
+    ``config`` is resolved (``train.runner.run`` does it once).
 
     Returns:
       The content of ``rounds.json``: ``rounds`` (per round: ``round``, ``workdir``, ``masks``
@@ -274,8 +274,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
       alcfcn_jax.data.pseudo_masks.StalePseudoMasksError: round 1's masks are not stage 1's
         current ones (as for stage 2).
     """
-    quiet_library_logs()
-    config = resolve(config)
     n_rounds = num_rounds(config)
     workdir = pathlib.Path(workdir).expanduser()
     check_workdir(workdir, n_rounds)
@@ -306,7 +304,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
             logging.info("Round %d/%d in %s is finished; not training it again", r, n_rounds, rdir)
         else:
             logging.info("Round %d/%d: training in %s", r, n_rounds, rdir)
-            loop.run(cfg, str(rdir))
+            loop.train_and_evaluate(cfg, str(rdir))
         final = read_json(rdir / loop.FINAL_FILE) if jax.process_index() == 0 else None
         final = shd.gather_json(final)[0] or {}
         best_step = int((final.get("best") or {}).get("step") or final.get("step"))
