@@ -8,15 +8,12 @@
 overlays/); ``--mode=pseudo_masks`` writes ``<workdir>/pseudo_masks/`` for stage 2.
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
-from alcfcn_jax import distributed
+from alcfcn_jax.apps import entry
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (holds checkpoints/).")
+entry.define_flags()
 _SPLIT = flags.DEFINE_string("split", "test", "train | val | test, or a dataset split name.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
 _MODE = flags.DEFINE_enum("mode", "eval", ["eval", "pseudo_masks"], "What to do.")
 _NUM_OVERLAYS = flags.DEFINE_integer("num_overlays", 8, "Overlay PNGs to write in eval mode.")
 _WALK = flags.DEFINE_bool(
@@ -30,41 +27,23 @@ _OUTPUT_DIR = flags.DEFINE_string(
     "Where --mode=eval writes its outputs (default <workdir>/eval/<split>); use it when the "
     "workdir is read-only. Checked writable before anything is computed.",
 )
-flags.mark_flags_as_required(["config", "workdir"])
-distributed.define_flags()
-
-
-def _which(value: str) -> str | int:
-    if value in ("best", "latest"):
-        return value
-    if value.isdigit():
-        return int(value)
-    raise app.UsageError(f"--checkpoint must be best, latest or a step number, got {value!r}")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    import jax
-
-    jax.config.parse_flags_with_absl()
     # Multi-process: every process runs this program with the same flags (README).
-    distributed.initialize_from_flags()
+    config, workdir, which = entry.start(argv)
     from alcfcn_jax.eval import report
     from alcfcn_jax.train import mask_writer as pseudo_masks
-    from alcfcn_jax.train.config import resolve
 
-    config = resolve(_CONFIG.value)
-    which = _which(_CHECKPOINT.value)
     if _MODE.value == "pseudo_masks":
-        manifest = pseudo_masks.write_pseudo_masks(config, _WORKDIR.value, which=which)
+        manifest = pseudo_masks.write_pseudo_masks(config, workdir, which=which)
         logging.info(
             "pseudo masks: %d from step %d", manifest["count"], manifest["checkpoint_step"]
         )
         return
     result = report.run_evaluation(
         config,
-        _WORKDIR.value,
+        workdir,
         split=_SPLIT.value,
         which=which,
         num_overlays=_NUM_OVERLAYS.value,
@@ -78,6 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from alcfcn_jax.config_utils import parse_flags
-
-    app.run(main, flags_parser=parse_flags)
+    entry.run(main)

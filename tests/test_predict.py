@@ -6,10 +6,11 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import app
 from flax import nnx
 from PIL import Image
 
-from alcfcn_jax.apps import predict
+from alcfcn_jax.apps import entry, predict
 from alcfcn_jax.data.errors import DataError
 from alcfcn_jax.eval import measure
 
@@ -169,5 +170,5 @@ def test_bad_folders_are_clear_errors(tmp_path):
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(ValueError, match="no image files"):
         predict.list_images(tmp_path / "empty_dir")
-    with pytest.raises(ValueError, match="--checkpoint"):
-        predict._parse_which("bestest")
+    with pytest.raises(app.UsageError, match="--checkpoint"):
+        entry.parse_checkpoint("bestest")  # every entry point parses --checkpoint so

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alcfcn_jax.apps import entry
 from alcfcn_jax.data.preprocess import denormalize
 from alcfcn_jax.eval import evaluation, measure, outlines
 from alcfcn_jax.eval import instances as inst
@@ -218,24 +219,12 @@ def stem_of(settings: outlines.InstanceSettings) -> str:
 
 def main(argv: Sequence[str]) -> None:
     """absl entry point (flags in :func:`define_flags`)."""
-    del argv
     from absl import flags
 
-    from alcfcn_jax import distributed
-    from alcfcn_jax.train.config import resolve
-
-    jax.config.parse_flags_with_absl()
-    distributed.initialize_from_flags()
+    config, workdir, which = entry.start(argv)
     f = flags.FLAGS
-    which: str | int = f.checkpoint if f.checkpoint in ("best", "latest") else int(f.checkpoint)
-    config = resolve(f.config)
     result = run_instance_evaluation(
-        config,
-        f.workdir,
-        split=f.split,
-        which=which,
-        output_dir=f.output_dir or None,
-        limit=f.limit,
+        config, workdir, split=f.split, which=which, output_dir=f.output_dir or None, limit=f.limit
     )
     if result:
         print(
@@ -251,24 +240,13 @@ def define_flags() -> None:
     """The flags of ``python -m alcfcn_jax.apps.instances`` (the instance settings are
     ``--config.instances.*``)."""
     from absl import flags
-    from ml_collections import config_flags
 
-    from alcfcn_jax import distributed
-
-    config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
+    entry.define_flags(config_help="The training config of the run")
     flags.DEFINE_string("split", "val", "train | val | test, or a split name (a box split).")
-    flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
     flags.DEFINE_integer("limit", 0, "Evaluate only the first N images (0 = all).")
     flags.DEFINE_string("output_dir", "", "Default <workdir>/eval/<split>.")
-    flags.mark_flags_as_required(["config", "workdir"])
-    distributed.define_flags()
 
 
 if __name__ == "__main__":
-    from absl import app
-
-    from alcfcn_jax.config_utils import parse_flags
-
     define_flags()
-    app.run(main, flags_parser=parse_flags)
+    entry.run(main)

@@ -43,8 +43,8 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
-from alcfcn_jax import distributed
 from alcfcn_jax import sharding as shd
+from alcfcn_jax.apps import entry
 from alcfcn_jax.apps import instances as inst_app
 from alcfcn_jax.data import preprocess as pp
 from alcfcn_jax.data.errors import DataError
@@ -329,33 +329,15 @@ def predict_folder(
     return summary
 
 
-def _parse_which(value: str) -> str | int:
-    if value in ("best", "latest"):
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(
-            f"--checkpoint must be best, latest or a step number, got {value!r}"
-        ) from None
-
-
 def main(argv: Sequence[str]) -> None:
     """absl entry point (flags defined in :func:`define_flags`)."""
-    del argv
     from absl import flags, logging
 
-    jax.config.parse_flags_with_absl()
-    distributed.initialize_from_flags()
-
-    from alcfcn_jax.train.config import resolve
-
+    config, workdir, which = entry.start(argv)
     f = flags.FLAGS
-    config = resolve(f.config)
-    which = _parse_which(f.checkpoint)
     # Every process restores onto its own first device; in a multi-process job process 0 does
     # the (single-device) work and writes every file while the others wait.
-    model, step, meta = inference.restore_model(config, f.workdir, which)
+    model, step, meta = inference.restore_model(config, workdir, which)
     if jax.process_index() != 0:
         shd.barrier("predict_done")
         return
@@ -368,7 +350,7 @@ def main(argv: Sequence[str]) -> None:
         overlays=f.overlays,
         recursive=f.recursive,
         skip_unreadable=f.skip_unreadable,
-        extra_summary={"workdir": str(f.workdir), "checkpoint": str(which), "step": int(step)},
+        extra_summary={"workdir": workdir, "checkpoint": str(which), "step": int(step)},
     )
     logging.info(
         "%d fish in %d images -> %s", summary["num_fish"], summary["num_images"], f.output_dir
@@ -378,24 +360,14 @@ def main(argv: Sequence[str]) -> None:
 
 
 def define_flags() -> None:
-    """Defines the command-line flags of ``python -m alcfcn_jax.predict``."""
+    """Defines the command-line flags of ``python -m alcfcn_jax.predict`` (the instance
+    settings are ``--config.instances.*``)."""
     from absl import flags
-    from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
-    flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
+    entry.define_flags(config_help="The training config of the run")
     flags.DEFINE_string("input_dir", None, "Folder of images to analyse.")
     flags.DEFINE_string("output_dir", None, "Where to write CSVs, masks and overlays.")
     flags.DEFINE_bool("overlays", True, "Write overlay PNGs.")
     flags.DEFINE_bool("recursive", False, "Include images in subfolders.")
     flags.DEFINE_bool("skip_unreadable", False, "Skip undecodable images instead of stopping.")
-    flags.mark_flags_as_required(["config", "workdir", "input_dir", "output_dir"])
-    distributed.define_flags()
-
-
-if __name__ == "__main__":
-    from absl import app
-
-    define_flags()
-    app.run(main)
+    flags.mark_flags_as_required(["input_dir", "output_dir"])

@@ -124,14 +124,10 @@ def evaluate_split(
     data: inputs.TrainData,
     source: Any,
     mesh: jax.sharding.Mesh,
-    *,
-    per_image: bool = False,
 ) -> dict[str, Any]:
     """Runs ``alcfcn_jax.eval.evaluation.evaluate`` on ``source`` with the current model state."""
     model = nnx.merge(graphs.model, state["model"])
-    return evaluate(
-        model, data.eval_batches(source), mesh=mesh, per_image=per_image, boxes=data.boxes
-    )
+    return evaluate(model, data.eval_batches(source), mesh=mesh, boxes=data.boxes)
 
 
 def _nonfinite_message(step: int, metrics: Mapping[str, float]) -> str:
@@ -297,7 +293,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
         # --- the loop: step, log, validate, checkpoint --------------------------------------
         window = _Window()
-        last_result: dict[str, Any] | None = None
         data_state = data.iterator.get_state()
         step = start
         run_start = time.perf_counter()
@@ -330,12 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 window = _Window()
             val = None
             if step % int(tc.eval_every) == 0 or step == num_steps:
-                # The last validation keeps its per-image rows for the count baseline.
-                per_image = bool(tc.count_baseline) and step == num_steps
-                last_result = evaluate_split(
-                    graphs, state, data, data.val, mesh, per_image=per_image
-                )
-                val = _scalars(last_result, "val_")
+                val = _scalars(evaluate_split(graphs, state, data, data.val, mesh), "val_")
                 if is_better(val.get(select_key, math.nan), best["score"], select_key):
                     best = {"step": step, "score": val[select_key], "metric": select_key}
                 writer.write(
@@ -354,8 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         # --- end of run ----------------------------------------------------------------------
         final = _finish(
             config,
-            graphs,
-            state,
+            workdir_path,
             data,
             mesh,
             ckpt,
@@ -364,7 +353,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             best=best,
             last_val=last_val,
             train_seconds=train_seconds,
-            last_result=last_result,
         )
         if jax.process_index() == 0:
             write_json_atomic(workdir_path / FINAL_FILE, final)
@@ -372,10 +360,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return final
 
 
+def best_checkpoint_figures(
+    config: Any, workdir: str | pathlib.Path, split: str, mesh: jax.sharding.Mesh
+) -> dict[str, Any]:
+    """The run's best checkpoint on ``split``, by the one evaluation of a checkpoint:
+    ``eval.report.run_evaluation``, what ``evaluate.py`` runs (it also writes
+    ``<workdir>/eval/<split>/``), so training's final figures and ``evaluate.py``'s are equal."""
+    from alcfcn_jax.eval.report import run_evaluation
+
+    return run_evaluation(config, workdir, split=split, which="best", num_overlays=0, mesh=mesh)
+
+
 def _finish(
     config: Any,
-    graphs: Graphs,
-    state: TrainState,
+    workdir: pathlib.Path,
     data: inputs.TrainData,
     mesh: jax.sharding.Mesh,
     ckpt: Checkpointer,
@@ -385,9 +383,9 @@ def _finish(
     best: Mapping[str, Any],
     last_val: Mapping[str, float] | None,
     train_seconds: float,
-    last_result: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """End-of-run figures: baseline, best checkpoint, optional test evaluation."""
+    """End-of-run figures: the best checkpoint on the validation split (and on the test split
+    when configured) by :func:`best_checkpoint_figures`, and the count baseline."""
     tc = config.train
     final: dict[str, Any] = {
         "step": step,
@@ -395,32 +393,29 @@ def _finish(
         "val": dict(last_val or {}),
         "train_seconds": round(train_seconds, 2),
     }
+    ckpt.wait()
+    result = best_checkpoint_figures(config, workdir, "val", mesh)
+    best_val = _scalars(result, "val_")
+    best_val["checkpoint_step"] = int(result["meta"]["step"])
+    final["best_val"] = best_val
+    writer.write(step, best_val, kind="best_val")
     if bool(tc.count_baseline):
-        result = last_result
-        if result is None or "per_image" not in result:
-            result = evaluate_split(graphs, state, data, data.val, mesh, per_image=True)
         baseline = count_baseline(data.train, result["per_image"])
         baseline["val_mae"] = float(result["mae"])
         final["count_baseline"] = baseline
         writer.write(step, baseline, kind="baseline")
         logging.info(
-            "Validation count MAE %.4f vs %.4f for always predicting the median training count "
-            "(%g)",
+            "Validation count MAE %.4f (best checkpoint, step %d) vs %.4f for always predicting "
+            "the median training count (%g)",
             baseline["val_mae"],
+            best_val["checkpoint_step"],
             baseline["median_baseline_mae"],
             baseline["median_train_count"],
         )
     if bool(tc.eval_test):
-        best_step = ckpt.resolve("best")
-        restored = state
-        if best_step != step:
-            model_state, _, _, _ = ckpt.restore(
-                best_step, model_state=state["model"], opt_state=None, with_data=False
-            )
-            restored = dict(state, model=model_state)
-        result = evaluate_split(graphs, restored, data, data.test_source(), mesh)
+        result = best_checkpoint_figures(config, workdir, "test", mesh)
         test = _scalars(result, "test_")
-        test["checkpoint_step"] = best_step
+        test["checkpoint_step"] = int(result["meta"]["step"])
         final["test"] = test
         writer.write(step, test, kind="test")
     return final

@@ -178,10 +178,16 @@ def best_round(figures: Sequence[Mapping[str, Any]], metric: str) -> int | None:
 
 
 def stage1_record(stage1: pathlib.Path | None, step: Any) -> dict[str, Any] | None:
-    """Stage 1's validation figures at the checkpoint its masks came from (its ``metrics.jsonl``
-    row of that step), for comparison with the rounds; None when that row is not there."""
+    """Stage 1's validation figures at the checkpoint its masks came from, for comparison with
+    the rounds: its ``final.json``'s ``best_val`` when the masks are from its best checkpoint
+    (the same evaluation as the rounds'), else its ``metrics.jsonl`` row of that step; None when
+    neither is there."""
     if stage1 is None or step is None or jax.process_index() != 0:
         return None
+    final = read_json(stage1 / loop.FINAL_FILE) or {}
+    best_val = final.get("best_val") or {}
+    if best_val and int(best_val.get("checkpoint_step", -1)) == int(step):
+        return {"workdir": str(stage1), "step": int(step), "val": figures_of(best_val, "val_")}
     try:
         rows = read_metrics(stage1, kind="val")
     except (OSError, ValueError):
@@ -192,17 +198,14 @@ def stage1_record(stage1: pathlib.Path | None, step: Any) -> dict[str, Any] | No
     return {"workdir": str(stage1), "step": int(step), "val": figures_of(at_step[-1], "val_")}
 
 
-def evaluate_round(config: Any, rdir: pathlib.Path, best_step: int) -> dict[str, float | None]:
-    """The round's best checkpoint on the validation split: read back from
-    ``<round>/eval/val/metrics.json`` when that file is from ``best_step``, else evaluated (and
-    that file written)."""
-    saved = read_json(rdir / "eval" / "val" / "metrics.json") if jax.process_index() == 0 else None
-    cached = None
-    if saved is not None and int((saved.get("meta") or {}).get("step", -1)) == int(best_step):
-        cached = figures_of(saved)
-    cached = shd.gather_json(cached)[0]
-    if cached is not None:
-        return cached
+def evaluate_round(
+    config: Any, rdir: pathlib.Path, final: Mapping[str, Any]
+) -> dict[str, float | None]:
+    """The round's best checkpoint on the validation split: the figures its training ended with
+    (``final.json``'s ``best_val``, by ``loop.best_checkpoint_figures``, the evaluation of
+    ``evaluate.py``); evaluated the same way for a round trained before they were recorded."""
+    if final.get("best_val"):
+        return figures_of(final["best_val"], "val_")
     result = run_evaluation(config, rdir, split="val", which="best", num_overlays=0)
     return figures_of(result)
 
@@ -321,7 +324,7 @@ def run_rounds(config: ml_collections.ConfigDict, workdir: str | os.PathLike) ->
             "masks": {**_masks_record(manifest, origin), "dir": str(mask_dir)},
             "best_step": best_step,
             "trained": not finished,
-            "val": evaluate_round(cfg, rdir, best_step),
+            "val": evaluate_round(cfg, rdir, final),
         }
         if final.get("test"):
             record["test"] = figures_of(final["test"], "test_")
