@@ -115,23 +115,24 @@ def _hook_virtual_processes(n: int) -> None:
 
 
 def _hook_dump(path: str) -> None:
+    """Dumps the model state of the last step's checkpoint as it is saved (the final state)."""
     from alcfcn_jax.train import loop
 
-    finish = loop._finish
+    save = loop.save_state
 
-    def dump_then_finish(config, graphs, state, *args, **kwargs):
+    def dump_then_save(ckpt, step, state, *, config, **kwargs):
         import jax
 
-        if jax.process_index() == 0:
+        if jax.process_index() == 0 and step == int(config.train.num_steps):
             arrays = {}
             for key_path, leaf in jax.tree_util.tree_flatten_with_path(state["model"])[0]:
                 if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
                     leaf = jax.random.key_data(leaf)
                 arrays[jax.tree_util.keystr(key_path)] = np.asarray(leaf)
             np.savez(path, **arrays)
-        return finish(config, graphs, state, *args, **kwargs)
+        return save(ckpt, step, state, config=config, **kwargs)
 
-    loop._finish = dump_then_finish
+    loop.save_state = dump_then_save
 
 
 def main() -> None:

@@ -116,6 +116,7 @@ def runs(tmp_path_factory):
         seconds[name] = time.perf_counter() - t0
         out["codes"][name] = codes
         out[f"log_{name}"] = _tail(logs / name, n)
+        out[f"logdir_{name}"] = (logs / name, n)
         return codes
 
     # count_baseline: the median training count, each process reading its own slice.
@@ -191,7 +192,8 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_the_uninterrupted_run
     assert runs["codes"]["B_killed"] == [-signal.SIGKILL] * 2, runs["log_B_killed"]
     assert runs["B_steps_after_kill"] == ["3"]
     _ok(runs, "A", "B_resumed")
-    assert "Resumed from" in runs["log_B_resumed"]
+    log, _ = runs["logdir_B_resumed"]
+    assert "Resumed from" in pathlib.Path(f"{log}.0.log").read_text()
     a, b = _load(runs["base"] / "A.npz"), _load(runs["base"] / "B.npz")
     assert a.keys() == b.keys()
     for k in a:
