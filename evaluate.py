@@ -57,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    entry.run(main)
+    entry.run(main, saved_config=True)

@@ -122,7 +122,7 @@ def test_predict_cli_writes_one_row_per_fish(trained, tmp_path):
         "-malcfcn_jax.predict",
         "--config=configs/deepfish.py:smoke",
         f"--workdir={trained}",
-        f"--input_dir={photos}",
+        f"--input={photos}",
         f"--output_dir={out}",
     )
     summary = json.loads((out / "summary.json").read_text())
@@ -136,3 +136,84 @@ def test_predict_cli_writes_one_row_per_fish(trained, tmp_path):
     assert f"{summary['num_fish']} fish in 2 images" in proc.stdout
     assert len(list((out / "instances").glob("*.png"))) == 2
     assert len(list((out / "overlays").glob("*.png"))) == 2
+
+
+def _run_failing(target: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, target, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode != 0
+    return proc
+
+
+def test_the_workdir_alone_is_enough_and_overrides_still_work(trained, tmp_path):
+    # No --config: evaluate.py reads the run's own config.json.
+    out = tmp_path / "eval"
+    _run("evaluate.py", f"--workdir={trained}", "--split=val", f"--output_dir={out}")
+    alone = json.loads((out / "metrics.json").read_text())
+    given = tmp_path / "eval_given"
+    _run(
+        "evaluate.py",
+        "--config=configs/deepfish.py:smoke",
+        f"--workdir={trained}",
+        "--split=val",
+        f"--output_dir={given}",
+    )
+    assert alone["mae"] == json.loads((given / "metrics.json").read_text())["mae"]
+    # Overrides apply to the run's config: a free key (the instances) is taken ...
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.full((40, 64, 3), 200, np.uint8)).save(photos / "a.png")
+    _run(
+        "-malcfcn_jax.predict",
+        f"--workdir={trained}",
+        f"--input={photos}",
+        f"--output_dir={tmp_path / 'pred'}",
+        "--config.instances.min_area=3",
+    )
+    summary = json.loads((tmp_path / "pred" / "summary.json").read_text())
+    assert summary["settings"]["instances"]["min_area"] == 3
+    # ... and a model key, which would not be the trained network, is refused in one line.
+    proc = _run_failing(
+        "evaluate.py", f"--workdir={trained}", "--split=val", "--config.model.logt=2"
+    )
+    assert "model.logt" in proc.stderr and "may differ from training" in proc.stderr
+
+
+def test_predict_cli_on_a_video(trained, tmp_path):
+    import cv2
+
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"FFV1"), 5.0, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        writer.write(rng.integers(0, 255, (48, 64, 3), np.uint8))
+    writer.release()
+    out = tmp_path / "pred"
+    proc = _run(
+        "-malcfcn_jax.predict",
+        f"--workdir={trained}",
+        f"--input={clip}",
+        f"--output_dir={out}",
+        "--every=2",
+        "--window=1s",
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames_analysed"] == 3 and summary["every"] == 2
+    assert "MaxN" in proc.stdout
+    assert (out / "frames.csv").is_file() and (out / "windows.csv").is_file()
+    # A video flag on a folder is refused before anything runs.
+    bad = _run_failing(
+        "-malcfcn_jax.predict",
+        f"--workdir={trained}",
+        f"--input={tmp_path}",
+        f"--output_dir={tmp_path / 'x'}",
+        "--fps=2",
+    )
+    assert "--fps applies to a video" in bad.stderr

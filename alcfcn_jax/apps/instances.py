@@ -29,21 +29,22 @@ confidence = the instance's mean fish probability). It writes
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from alcfcn_jax import sharding as shd
 from alcfcn_jax.apps import entry
 from alcfcn_jax.data.preprocess import denormalize
-from alcfcn_jax.eval import evaluation, measure, outlines
 from alcfcn_jax.eval import instances as inst
+from alcfcn_jax.eval import measure, outlines
 from alcfcn_jax.io import csv_text, ensure_writable_dir, write_json_atomic, write_text_atomic
 from alcfcn_jax.losses.embedding import upsample_embedding
 from alcfcn_jax.models import outputs
@@ -69,43 +70,82 @@ def check_method(model: Any, method: str) -> None:
         )
 
 
+def make_batch_forward(
+    model: Any,
+    settings: outlines.InstanceSettings | None = None,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """``forward(images (B,h,w,3) normalised) -> {"prob": (B,h,w) fish probability}`` (jitted,
+    the batch sharded over ``mesh`` when given), plus for the embedding cut ``"embedding"``
+    (B,h/8,w/8,d) and ``"seed_prob"`` (B,h,w) from the map its seeds come from. Raises ValueError
+    as :func:`check_method`."""
+    settings = settings or outlines.InstanceSettings()
+    check_method(model, settings.method)
+    embedding = settings.method == "embedding"
+    graphdef, state = nnx.split(model)
+    if mesh is not None:
+        state = jax.device_put(state, shd.replicated(mesh))
+
+    @jax.jit
+    def forward(state, images):
+        size = images.shape[1:3]
+        logits, aux = nnx.merge(graphdef, state)(images, train=False, return_aux=True)
+        out = {"prob": outputs.fish_probability(outputs.upsample_logits(logits, size))}
+        if embedding:
+            out["embedding"] = aux["embedding"]
+            seed = out["prob"]
+            if settings.seeds == "activation" and "aff_feats" in aux:
+                seed = outputs.fish_probability(outputs.upsample_logits(aux["cam"], size))
+            out["seed_prob"] = seed
+        return out
+
+    def run(images: np.ndarray) -> dict[str, np.ndarray]:
+        x = jnp.asarray(images, jnp.float32)
+        if mesh is not None:
+            x = jax.device_put(x, shd.data_sharding(mesh))
+        return {k: np.asarray(v) for k, v in jax.device_get(forward(state, x)).items()}
+
+    return run
+
+
+def cut_instances(
+    settings: outlines.InstanceSettings,
+    outputs_i: Mapping[str, np.ndarray],
+    rgb: np.ndarray,
+    valid: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels (h,w) int32, prob (h,w))`` of one image from its :func:`make_batch_forward`
+    outputs: the cut and the outline of ``settings``. Pixels outside ``valid`` (letterbox bars)
+    are never fish."""
+    prob = outputs_i["prob"]
+    if valid is not None:
+        prob = np.where(valid, prob, 0.0)
+    if settings.method == "watershed":
+        cut = outlines.instance_fn(settings)
+        return cut(prob, rgb), prob
+    size = prob.shape
+    emb = np.asarray(upsample_embedding(jnp.asarray(outputs_i["embedding"])[None], size))[0]
+    seed_prob = outputs_i["seed_prob"]
+    if valid is not None:
+        seed_prob = np.where(valid, seed_prob, 0.0)
+    labels = measure.embedding_instance_labels(
+        prob, emb, threshold=settings.threshold, seed_prob=seed_prob, min_area=settings.min_area
+    )
+    return outlines.outline(labels, rgb, settings), prob
+
+
 def make_instance_fn(
     model: Any, settings: outlines.InstanceSettings | None = None
 ) -> Callable[[np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray]]:
-    """``run(image (h,w,3) normalised, valid (h,w) or None) -> (labels (h,w) int32, prob (h,w))``.
-
-    The cut and the outline of ``settings`` (``eval.outlines``; default: watershed blobs). Pixels
-    outside ``valid`` (letterbox bars) are never fish. Raises ValueError as :func:`check_method`.
-    """
+    """``run(image (h,w,3) normalised, valid (h,w) or None) -> (labels (h,w) int32, prob (h,w))``:
+    :func:`make_batch_forward` and :func:`cut_instances` on one image."""
     settings = settings or outlines.InstanceSettings()
-    check_method(model, settings.method)
-    fwd = evaluation.make_forward(model, return_aux=True)
-    cut = outlines.instance_fn(dataclasses.replace(settings, method="watershed"))
+    forward = make_batch_forward(model, settings)
 
     def run(image: np.ndarray, valid: np.ndarray | None = None):
-        size = image.shape[:2]
-        logits, aux = fwd(jnp.asarray(image[None]))
-        prob = np.asarray(outputs.fish_probability(outputs.upsample_logits(logits, size)))[0]
-        if valid is not None:
-            prob = np.where(valid, prob, 0.0)
-        rgb = denormalize(image)
-        if settings.method == "watershed":
-            return cut(prob, rgb), prob
-        emb = np.asarray(upsample_embedding(aux["embedding"], size))[0]
-        seed_prob = prob
-        if settings.seeds == "activation" and "aff_feats" in aux:
-            cam = outputs.upsample_logits(aux["cam"], size)
-            seed_prob = np.asarray(outputs.fish_probability(cam))[0]
-            if valid is not None:
-                seed_prob = np.where(valid, seed_prob, 0.0)
-        labels = measure.embedding_instance_labels(
-            prob,
-            emb,
-            threshold=settings.threshold,
-            seed_prob=seed_prob,
-            min_area=settings.min_area,
-        )
-        return outlines.outline(labels, rgb, settings), prob
+        out = forward(image[None])
+        return cut_instances(settings, {k: v[0] for k, v in out.items()}, denormalize(image), valid)
 
     return run
 
@@ -169,7 +209,6 @@ def run_instance_evaluation(
     """Restores a checkpoint, evaluates its instances (``config.instances``) on a box split,
     writes the files (module docstring). Process 0 computes and writes; in a multi-process job
     the others wait."""
-    from alcfcn_jax import sharding as shd
     from alcfcn_jax.eval import inference, report
 
     settings = outlines.InstanceSettings.from_config(config.instances)
@@ -249,4 +288,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
     define_flags()
-    entry.run(main)
+    entry.run(main, saved_config=True)

@@ -1,9 +1,15 @@
-"""Fish counts, instance masks and measurements for a folder of images.
+"""Fish counts, instance masks and measurements for a folder of images, an image or a video.
 
 Usage::
 
-    python -m alcfcn_jax.predict --config=configs/deepfish.py --workdir=runs/alcfcn \
-        --input_dir=photos/ --output_dir=out/ [--checkpoint=best] [--config.instances.outline=grabcut]
+    python -m alcfcn_jax.predict --input=photos/ --output_dir=out/       # the shipped model
+    python -m alcfcn_jax.predict --input=clip.mp4 --output_dir=out/ --fps=2 --window=60s
+    python -m alcfcn_jax.predict --workdir=runs/alcfcn --input=photos/ --output_dir=out/ \
+        [--checkpoint=best] [--config.instances.outline=grabcut]
+
+Without ``--workdir`` the DeepFish model shipped in the package is used (``apps.shipped``); with
+it, the run's checkpoint and its own ``config.json`` (``--config`` is optional). Videos:
+``apps.video`` (sampling, MaxN), ``predict_video`` (their outputs).
 
 Each image (any size, JPEG / PNG / BMP / TIFF / WebP, subfolders with ``--recursive``) is
 preprocessed exactly as the checkpoint's training run did (``data.Preprocessing`` recorded with
@@ -33,22 +39,24 @@ distance (a calibration target in the frame), which this tool does not know.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from absl import app
 from PIL import Image, ImageDraw
 
 from alcfcn_jax import sharding as shd
-from alcfcn_jax.apps import entry
-from alcfcn_jax.apps import instances as inst_app
+from alcfcn_jax.apps import entry, frames
+from alcfcn_jax.apps import video as vid
 from alcfcn_jax.data import preprocess as pp
 from alcfcn_jax.data.errors import DataError
-from alcfcn_jax.eval import inference, measure, metrics, outlines, viz
+from alcfcn_jax.eval import inference, outlines, viz
 from alcfcn_jax.io import (
     csv_text,
     ensure_writable_dir,
@@ -100,14 +108,14 @@ def list_images(input_dir: str | os.PathLike, *, recursive: bool = False) -> lis
     """
     root = pathlib.Path(input_dir).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"--input_dir {root}: folder not found")
+        raise FileNotFoundError(f"--input {root}: folder not found")
     pattern = "**/*" if recursive else "*"
     files = sorted(
         p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
     )
     if not files:
         raise ValueError(
-            f"--input_dir {root}: no image files ({', '.join(IMAGE_EXTENSIONS)})"
+            f"--input {root}: no image files ({', '.join(IMAGE_EXTENSIONS)})"
             + ("" if recursive else "; use --recursive for subfolders")
         )
     return files
@@ -225,14 +233,17 @@ def predict_folder(
     overlays: bool = True,
     recursive: bool = False,
     skip_unreadable: bool = False,
+    batch_size: int = 8,
+    workers: int | None = None,
     extra_summary: dict[str, Any] | None = None,
+    files: Sequence[pathlib.Path] | None = None,
 ) -> dict[str, Any]:
     """Counts and measures the fish in every image of a folder (see the module docstring).
 
     Args:
       model: an NNX segmentation model (eval mode is used), e.g. from
-        ``eval.inference.restore_model``.
-      input_dir: folder of images.
+        ``eval.inference.restore_model`` or ``apps.shipped.load``.
+      input_dir: folder of images (with ``files``: the folder the names are relative to).
       output_dir: where the CSVs, masks and overlays go (created).
       preprocessing: how images become model inputs (``recorded_preprocessing``); None:
         resize the short side to ``short_side`` (None keeps the size), no letterbox handling.
@@ -242,6 +253,9 @@ def predict_folder(
       overlays: write overlay PNGs.
       recursive: include subfolders.
       skip_unreadable: log and skip undecodable files instead of stopping at the first.
+      batch_size, workers: the pipeline's model batch and post-processing threads
+        (``apps.frames.FrameAnalyser``).
+      files: analyse these images of ``input_dir`` only (a single image: ``predict`` on a file).
 
     Returns:
       The summary dict (also written to ``summary.json``), with ``images`` (per-image rows) and
@@ -253,61 +267,61 @@ def predict_folder(
     from absl import logging
 
     settings = instances or outlines.InstanceSettings()
-    instance_fn = inst_app.make_instance_fn(model, settings)
+    analyser = frames.FrameAnalyser(model, settings, batch_size=batch_size, workers=workers)
     root = pathlib.Path(input_dir).expanduser()
     out = pathlib.Path(output_dir).expanduser()
-    files = list_images(root, recursive=recursive)
+    files = list(files) if files is not None else list_images(root, recursive=recursive)
     ensure_writable_dir(out, "--output_dir")
     prep = preprocessing or pp.Preprocessing(short_side, "none")
+    names = output_names(files, root)
+    skipped: list[str] = []
+
+    def read() -> Iterator[frames.Frame]:
+        for i, path in enumerate(files):
+            try:
+                original, prepared = preprocess(path, prep)
+            except DataError as err:
+                if not skip_unreadable:
+                    raise DataError(f"{err} (use --skip_unreadable to skip such files)") from err
+                logging.warning("skipping unreadable image: %s", err)
+                skipped.append(str(err))
+                continue
+            yield frames.Frame(str(path.relative_to(root)), original, prepared, index=i)
+
     fish_rows: list[dict[str, Any]] = []
     image_rows: list[dict[str, Any]] = []
-    skipped: list[str] = []
     t0 = time.perf_counter()
-    names = output_names(files, root)
-    for path in files:
-        name = names[path]
-        image_name = str(path.relative_to(root))
-        try:
-            original, prepared = preprocess(path, prep)
-        except DataError as err:
-            if not skip_unreadable:
-                raise DataError(f"{err} (use --skip_unreadable to skip such files)") from err
-            logging.warning("skipping unreadable image: %s", err)
-            skipped.append(str(err))
-            continue
-        image = prepared.image
-        # Letterbox bars kept but masked (prepared.valid) are never fish.
-        labels, prob = instance_fn(image, prepared.valid)
-        top, bottom, left, right = prepared.region
-        rows = measure.measure_fish(
-            labels, prob, original_size=(bottom - top, right - left), origin=(top, left)
-        )
-        blob_count = int(metrics.count_blobs(prob > settings.threshold))
-        for r in rows:
-            fish_rows.append({"image": image_name, **r})
+    progress = frames.Progress(len(files), "images")
+    for result in analyser.run(read()):
+        frame, rows = result.frame, result.rows
+        name = names[root / frame.name]
+        image = frame.prepared.image
+        fish_rows.extend({"image": frame.name, **r} for r in rows)
         image_rows.append(
             {
-                "image": image_name,
+                "image": frame.name,
                 "instance_mask": str(pathlib.Path("instances") / name),
-                "width": original.shape[1],
-                "height": original.shape[0],
+                "width": frame.original.shape[1],
+                "height": frame.original.shape[0],
                 "model_width": image.shape[1],
                 "model_height": image.shape[0],
                 "fish_count": len(rows),
-                "blob_count": blob_count,
+                "blob_count": result.blob_count,
                 "fish_area_orig": float(sum(r["area_orig"] for r in rows)),
                 "mean_length_orig": (
                     float(np.mean([r["length_orig"] for r in rows])) if rows else float("nan")
                 ),
             }
         )
-        full_labels = _to_original(labels, prepared, original.shape[:2])
+        full_labels = _to_original(result.labels, frame.prepared, frame.original.shape[:2])
         if full_labels.max() > 65535:
-            raise ValueError(f"{path}: more than 65535 fish cannot be stored in a 16-bit PNG")
+            raise ValueError(f"{frame.name}: more than 65535 fish cannot be stored in a 16-bit PNG")
         save_png_atomic(Image.fromarray(full_labels.astype(np.uint16)), out / "instances" / name)
         if overlays:
-            pic = draw_fish(original, full_labels, rows, title=image_name)
+            pic = draw_fish(frame.original, full_labels, rows, title=frame.name)
             save_png_atomic(pic, out / "overlays" / name)
+        progress.update()
+    progress.close()
     write_text_atomic(
         out / "fish.csv", csv_text(fish_rows, FISH_COLUMNS, float_format=".4g", nonfinite=None)
     )
@@ -317,45 +331,271 @@ def predict_folder(
     seconds = time.perf_counter() - t0
     summary = {
         **(extra_summary or {}),
-        "input_dir": str(root),
+        "input": str(root if len(files) != 1 or files[0].parent != root else files[0]),
         "num_images": len(image_rows),
         "num_fish": len(fish_rows),
         "settings": {**prep.to_dict(), "instances": settings.to_dict()},
         "skipped": skipped,
         "seconds": seconds,
+        "images_per_second": len(image_rows) / seconds if seconds > 0 else float("nan"),
         "images": image_rows,
     }
     write_json_atomic(out / "summary.json", summary)
     return summary
 
 
+VIDEO_FRAME_COLUMNS = ("video", "frame", "time_s", "count", "smoothed_count", "blob_count")
+VIDEO_FISH_COLUMNS = ("video", "frame", "time_s", *FISH_COLUMNS[1:])
+WINDOW_COLUMNS = (
+    "video",
+    "window_start_s",
+    "window_end_s",
+    "frames",
+    "maxn",
+    "maxn_frame",
+    "maxn_time_s",
+    "maxn_raw",
+    "maxn_raw_frame",
+    "maxn_raw_time_s",
+)
+
+
+def predict_video(
+    model: Any,
+    path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    preprocessing: pp.Preprocessing | None = None,
+    instances: outlines.InstanceSettings | None = None,
+    every: int = 1,
+    fps: float = 0.0,
+    smooth: int = 5,
+    window: float = 0.0,
+    overlay_video: bool = False,
+    batch_size: int = 8,
+    workers: int | None = None,
+    extra_summary: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Counts and measures the fish in the sampled frames of a video (``apps.video``).
+
+    Writes ``frames.csv`` (video, frame, time, count, smoothed count, blob count), ``fish.csv``
+    (one row per fish and frame, with its measurements), ``windows.csv`` (with ``window``: MaxN
+    per window), ``summary.json`` (MaxN smoothed and raw with their frame and time, the settings,
+    whether the video ended early and where) and, with ``overlay_video``, ``overlay.mp4``. A
+    video that cannot be read writes nothing (:class:`~alcfcn_jax.apps.video.VideoError`); one
+    that ends early keeps what was read and says so.
+
+    Args:
+      model, preprocessing, instances, batch_size, workers: as :func:`predict_folder`.
+      path: the video file.
+      output_dir: the output folder (created).
+      every, fps: the sampling (``apps.video.sampling_step``).
+      smooth: frames of the count smoothing for MaxN (1 = none).
+      window: seconds per MaxN window (0 = none).
+      overlay_video: also write the sampled frames with their fish drawn.
+
+    Returns:
+      The summary (also written to ``summary.json``).
+    """
+    settings = instances or outlines.InstanceSettings()
+    prep = preprocessing or pp.Preprocessing(None, "none")
+    video = vid.VideoFrames(path, prep, every=every, fps=fps)  # VideoError before any output
+    if smooth < 1:
+        raise ValueError(f"--smooth must be >= 1, got {smooth}")
+    analyser = frames.FrameAnalyser(model, settings, batch_size=batch_size, workers=workers)
+    out = pathlib.Path(output_dir).expanduser()
+    ensure_writable_dir(out, "--output_dir")
+    name = video.path.name
+    overlay = (
+        vid.OverlayVideo(out / "overlay.mp4", video.info.fps / video.step)
+        if overlay_video
+        else None
+    )
+    frame_rows: list[dict[str, Any]] = []
+    fish_rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    progress = frames.Progress(video.expected or None, "frames")
+    try:
+        for result in analyser.run(video):
+            frame = result.frame
+            frame_rows.append(
+                {
+                    "video": name,
+                    "frame": frame.index,
+                    "time_s": frame.time,
+                    "count": len(result.rows),
+                    "blob_count": result.blob_count,
+                }
+            )
+            fish_rows.extend(
+                {"video": name, "frame": frame.index, "time_s": frame.time, **r}
+                for r in result.rows
+            )
+            if overlay is not None:
+                full = _to_original(result.labels, frame.prepared, frame.original.shape[:2])
+                title = f"{name} frame {frame.index}" + (
+                    f" {frame.time:.2f}s" if frame.time is not None else ""
+                )
+                overlay.write(np.asarray(draw_fish(frame.original, full, result.rows, title)))
+            progress.update()
+    except BaseException:
+        if overlay is not None:
+            overlay.close(keep=False)
+        raise
+    progress.close()
+    seconds = time.perf_counter() - t0
+    counts = summarize_counts_of(frame_rows, smooth=smooth, window=window)
+    for row, value in zip(frame_rows, counts["smoothed_counts"]):
+        row["smoothed_count"] = value
+    write_text_atomic(
+        out / "frames.csv",
+        csv_text(frame_rows, VIDEO_FRAME_COLUMNS, float_format=".6g", nonfinite=None),
+    )
+    write_text_atomic(
+        out / "fish.csv",
+        csv_text(fish_rows, VIDEO_FISH_COLUMNS, float_format=".4g", nonfinite=None),
+    )
+    if window:
+        write_text_atomic(
+            out / "windows.csv",
+            csv_text(
+                [_window_row(name, w) for w in counts["windows"]],
+                WINDOW_COLUMNS,
+                float_format=".6g",
+                nonfinite=None,
+            ),
+        )
+    if overlay is not None:
+        overlay.close(keep=True)
+    summary = {
+        **(extra_summary or {}),
+        "input": str(video.path),
+        "video": dataclasses.asdict(video.info),
+        "every": video.step,
+        "frames_decoded": video.decoded,
+        "frames_analysed": len(frame_rows),
+        "num_fish_rows": len(fish_rows),
+        "complete": not video.ended_early,
+        "stop_reason": video.stop_reason,
+        "maxn_reported": "maxn (the smoothed counts); maxn_raw is the raw per-frame maximum",
+        **{k: v for k, v in counts.items() if k != "smoothed_counts"},
+        "settings": {**prep.to_dict(), "instances": settings.to_dict()},
+        "seconds": seconds,
+        "frames_per_second": len(frame_rows) / seconds if seconds > 0 else float("nan"),
+    }
+    if video.ended_early:
+        from absl import logging
+
+        logging.warning("%s: %s", video.path, video.stop_reason)
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def summarize_counts_of(
+    frame_rows: Sequence[dict[str, Any]], *, smooth: int, window: float
+) -> dict[str, Any]:
+    """``apps.video.summarize_counts`` of the rows of ``frames.csv``."""
+    return vid.summarize_counts(
+        [r["frame"] for r in frame_rows],
+        [r["time_s"] for r in frame_rows],
+        [r["count"] for r in frame_rows],
+        smooth=smooth,
+        window=window,
+    )
+
+
+def _window_row(video_name: str, w: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "video": video_name,
+        "window_start_s": w["start_s"],
+        "window_end_s": w["end_s"],
+        "frames": w["frames"],
+        "maxn": w["maxn"]["value"],
+        "maxn_frame": w["maxn"]["frame"],
+        "maxn_time_s": w["maxn"]["time_s"],
+        "maxn_raw": w["maxn_raw"]["value"],
+        "maxn_raw_frame": w["maxn_raw"]["frame"],
+        "maxn_raw_time_s": w["maxn_raw"]["time_s"],
+    }
+
+
 def main(argv: Sequence[str]) -> None:
     """absl entry point (flags defined in :func:`define_flags`)."""
     from absl import flags, logging
 
+    from alcfcn_jax.apps import shipped
+
     config, workdir, which = entry.start(argv)
     f = flags.FLAGS
-    # Every process restores onto its own first device; in a multi-process job process 0 does
-    # the (single-device) work and writes every file while the others wait.
-    model, step, meta = inference.restore_model(config, workdir, which)
+    path = pathlib.Path(f.input).expanduser()
+    is_video = path.is_file() and vid.is_video(path)
+    video_flags = [n for n in ("every", "fps", "window", "overlay_video") if f[n].present]
+    if video_flags and not is_video:
+        raise app.UsageError(f"--{video_flags[0]} applies to a video; --input {path} is not one")
+    if f.recursive and is_video:
+        raise app.UsageError("--recursive applies to a folder; --input is a video")
+    if path.is_file() and not is_video and path.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise app.UsageError(
+            f"--input {path}: neither an image ({', '.join(IMAGE_EXTENSIONS)}) nor a video "
+            f"({', '.join(vid.VIDEO_EXTENSIONS)})"
+        )
+    if not path.exists():
+        raise app.UsageError(f"--input {path}: no such file or folder")
+    # Every process loads the model onto its own first device; in a multi-process job process 0
+    # does the work and writes every file while the others wait.
+    if workdir:
+        model, step, meta = inference.restore_model(config, workdir, which)
+        preprocessing = inference.recorded_preprocessing(meta, config)
+        source = {"workdir": workdir, "checkpoint": str(which), "step": int(step)}
+    else:
+        model, record = shipped.load(config=config)
+        preprocessing = pp.Preprocessing.from_dict(record["preprocessing"])
+        source = {"model": "shipped", "step": record["checkpoint_step"]}
+        logging.info("No --workdir: using the %s", shipped.describe(record))
     if jax.process_index() != 0:
         shd.barrier("predict_done")
         return
-    summary = predict_folder(
-        model,
-        f.input_dir,
-        f.output_dir,
-        preprocessing=inference.recorded_preprocessing(meta, config),
+    common = dict(
+        preprocessing=preprocessing,
         instances=outlines.InstanceSettings.from_config(config.instances),
-        overlays=f.overlays,
-        recursive=f.recursive,
-        skip_unreadable=f.skip_unreadable,
-        extra_summary={"workdir": workdir, "checkpoint": str(which), "step": int(step)},
+        batch_size=f.batch_size,
+        workers=f.workers or None,
+        extra_summary=source,
     )
-    logging.info(
-        "%d fish in %d images -> %s", summary["num_fish"], summary["num_images"], f.output_dir
-    )
-    print(f"{summary['num_fish']} fish in {summary['num_images']} images -> {f.output_dir}")
+    if is_video:
+        summary = predict_video(
+            model,
+            path,
+            f.output_dir,
+            every=f.every,
+            fps=f.fps,
+            smooth=f.smooth,
+            window=vid.parse_window(f.window),
+            overlay_video=f.overlay_video,
+            **common,
+        )
+        maxn = summary["maxn"]
+        line = (
+            f"{summary['frames_analysed']} frames of {path.name}: MaxN {maxn['value']:g} at frame "
+            f"{maxn['frame']} (smoothed over {summary['smooth']} frames; raw "
+            f"{summary['maxn_raw']['value']:g}) -> {f.output_dir}"
+            + ("" if summary["complete"] else f"; {summary['stop_reason']}")
+        )
+    else:
+        files = [path] if path.is_file() else None
+        summary = predict_folder(
+            model,
+            path.parent if files else path,
+            f.output_dir,
+            files=files,
+            overlays=f.overlays,
+            recursive=f.recursive,
+            skip_unreadable=f.skip_unreadable,
+            **common,
+        )
+        line = f"{summary['num_fish']} fish in {summary['num_images']} images -> {f.output_dir}"
+    logging.info(line)
+    print(line)
     shd.barrier("predict_done")
 
 
@@ -364,10 +604,17 @@ def define_flags() -> None:
     settings are ``--config.instances.*``)."""
     from absl import flags
 
-    entry.define_flags(config_help="The training config of the run")
-    flags.DEFINE_string("input_dir", None, "Folder of images to analyse.")
+    entry.define_flags(config_help="The training config of the run", workdir_required=False)
+    flags.DEFINE_string("input", None, "A folder of images, an image, or a video.")
     flags.DEFINE_string("output_dir", None, "Where to write CSVs, masks and overlays.")
-    flags.DEFINE_bool("overlays", True, "Write overlay PNGs.")
-    flags.DEFINE_bool("recursive", False, "Include images in subfolders.")
-    flags.DEFINE_bool("skip_unreadable", False, "Skip undecodable images instead of stopping.")
-    flags.mark_flags_as_required(["input_dir", "output_dir"])
+    flags.DEFINE_integer("batch_size", 8, "Frames per model call.")
+    flags.DEFINE_integer("workers", 0, "Post-processing threads (0: one per CPU).")
+    flags.DEFINE_bool("overlays", True, "Images: write overlay PNGs.")
+    flags.DEFINE_bool("recursive", False, "Folders: include images in subfolders.")
+    flags.DEFINE_bool("skip_unreadable", False, "Folders: skip undecodable images.")
+    flags.DEFINE_integer("every", 1, "Videos: analyse every N-th frame.")
+    flags.DEFINE_float("fps", 0.0, "Videos: analyse about F frames a second (overrides --every).")
+    flags.DEFINE_integer("smooth", 5, "Videos: MaxN over counts smoothed across N frames (1: raw).")
+    flags.DEFINE_string("window", "0", "Videos: MaxN per time window too (60s, 2m, 1h; 0: none).")
+    flags.DEFINE_bool("overlay_video", False, "Videos: also write overlay.mp4.")
+    flags.mark_flags_as_required(["input", "output_dir"])

