@@ -217,3 +217,15 @@ def test_predict_cli_on_a_video(trained, tmp_path):
         "--fps=2",
     )
     assert "--fps applies to a video" in bad.stderr
+
+
+def test_predict_without_a_workdir_uses_the_shipped_model(tmp_path):
+    from alcfcn_jax.data import SAMPLE_DIR
+
+    frame = sorted((SAMPLE_DIR / "val" / "images").glob("*.jpg"))[0]
+    out = tmp_path / "pred"
+    proc = _run("-malcfcn_jax.predict", f"--input={frame}", f"--output_dir={out}")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "shipped" and summary["num_images"] == 1
+    assert summary["settings"]["instances"]["outline"] == "grabcut"
+    assert "fish in 1 images" in proc.stdout

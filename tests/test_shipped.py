@@ -59,3 +59,39 @@ def test_a_trained_trunk_is_not_shipped_as_heads(tmp_path):
     config = deepfish.get_config("smoke")  # the tiny trunk trains: nothing to take it from
     with pytest.raises(shipped.ShippedModelError, match="EfficientNet-Lite0"):
         shipped._pretrained(resolve(config))
+
+
+# The package's own model on three of its sample frames (validation split; 11, 7 and 6 true
+# fish): the counts it gives, fixed (a change of the model, its preprocessing or the instance
+# path shows here).
+SHIPPED_FRAMES = {
+    "7117_Caranx_sexfasciatus_juvenile_f000142": (7, 7),  # (fish instances, blobs)
+    "7117_Caranx_sexfasciatus_juvenile_f000988": (7, 7),
+    "7117_Caranx_sexfasciatus_juvenile_f001401": (6, 5),
+}
+
+
+def test_the_shipped_model_on_shipped_frames(tmp_path):
+    from alcfcn_jax.apps import predict
+    from alcfcn_jax.data import SAMPLE_DIR
+    from alcfcn_jax.data import preprocess as pp
+    from alcfcn_jax.eval.outlines import InstanceSettings
+
+    model, record = shipped.load()
+    assert record["config"]["instances"]["outline"] == "grabcut"
+    assert record["validation"]["val_mae"] < 0.7 and record["validation"]["val_ap50"] > 0.3
+    images = SAMPLE_DIR / "val" / "images"
+    files = [next(images.glob(f"{stem}_jpg*.jpg")) for stem in SHIPPED_FRAMES]
+    summary = predict.predict_folder(
+        model,
+        images,
+        tmp_path,
+        files=files,
+        preprocessing=pp.Preprocessing.from_dict(record["preprocessing"]),
+        instances=InstanceSettings.from_config(record["config"]["instances"]),
+        overlays=False,
+    )
+    got = {
+        r["image"].split("_jpg")[0]: (r["fish_count"], r["blob_count"]) for r in summary["images"]
+    }
+    assert got == SHIPPED_FRAMES

@@ -39,7 +39,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 "--config=configs/<file>.py as well"
             )
         plain = json.loads(path.read_text())
-    config = ml_collections.ConfigDict(plain)
+    # A run saved before a key existed: the key at its default (what such a run did), so that
+    # every key can be overridden on the command line.
+    from alcfcn_jax.train.config import with_defaults
+
+    config = with_defaults(ml_collections.ConfigDict(plain))
     for (section, key), kind in _TYPED_NONE.items():
         if section in config and key in config[section] and config[section][key] is None:
             config[section][key] = ml_collections.config_dict.placeholder(kind)

@@ -84,7 +84,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """
     for section in REQUIRED_SECTIONS:
         _require(config, section)
-    config = _with_optional(config)
+    config = with_defaults(config)
     _int(config, "seed", minimum=0)
     try:
         InstanceSettings.from_config(config.instances)
@@ -236,7 +236,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       ConfigError: an invalid value (:func:`validate_config`).
     """
     validate_config(config)
-    out = _with_optional(config)
+    out = with_defaults(config)
     dataset = str(out.data.dataset)
     if dataset in DATASETS_WITHOUT_MASKS and out.train.select_metric in MASK_METRICS:
         # No validation masks: mIoU is never finite, so no best checkpoint would ever be chosen.
@@ -250,7 +250,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return out
 
 
-def _with_optional(config: Any) -> ml_collections.ConfigDict:
+def with_defaults(config: Any) -> ml_collections.ConfigDict:
     """An unlocked copy of ``config`` with every key it lacks at its default
     (``train.defaults``), except the ``REQUIRED`` ones. ``stage1`` is filled only where it
     exists, and ``pm`` (the pseudo-mask rounds) only in configs that train on pseudo masks (a
