@@ -1,0 +1,193 @@
+"""Where a train step's time goes: the frames default step, part by part.
+
+    python -m benchmarks.step_profile [--batch=8] [--repeats=5] [--preset=alcfcn_ref]
+
+The step is ``configs/frames.py``'s (default preset ``alcfcn_ref``: frozen EfficientNet-Lite0
+trunk read from the feature cache, decoder activation branch, 128-feature affinity branch, sparse
+random walk, LCFCN loss with its host callback, Adam), at the frames' size (304x541), on the
+first ``batch`` training frames shipped in the package with their real clicks. The heads are the
+shipped model's (trained), so the probabilities, and with them the blobs the host labels, are
+those of a trained model (random heads give one blob per image or thousands). Timed, each
+separately jitted on the same batch (median of ``repeats`` after a compiling call):
+
+  * ``step``: the whole train step, as training runs it;
+  * ``forward_walk`` / ``forward_nowalk``: the heads' forward from the cached taps, with and
+    without the random walk;
+  * ``grad_no_host``: forward + backward of a loss with fixed weight maps (the LCFCN loss's BCE
+    without its host callback): the device side of the step without the optimizer;
+  * ``host_targets``: ``lcfcn_targets.batch_maps`` on the same probabilities, on the host alone
+    (connected components, watershed, the dense maps), threaded as in the step;
+  * ``data``: reading one batch of cached taps (fp16 in memory) and putting it on the devices.
+
+The difference ``step - grad_no_host - host_targets`` is the optimizer, the callback's transfers
+and what does not overlap. Results: ``benchmarks/results/step_profile_<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from alcfcn_jax import sharding as shd
+from benchmarks.common import host_info, time_calls
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def _frames(batch: int):
+    from alcfcn_jax.data import SAMPLE_DIR, boxes
+    from alcfcn_jax.data import preprocess as pp
+
+    prep = pp.Preprocessing(304, "crop")
+    images, points = [], []
+    files = sorted((SAMPLE_DIR / "train" / "images").glob("*.jpg"))
+    for f in files:
+        labels = SAMPLE_DIR / "train" / "labels" / (f.stem + ".txt")
+        yolo = boxes.read_yolo(labels)
+        if len(yolo) == 0:
+            continue
+        raw = Image.open(f).convert("RGB")
+        out = prep.apply(raw)
+        img = out.image
+        h, w = img.shape[:2]
+        pts = np.zeros((h, w), np.int32)
+        for cx, cy, _, _ in yolo:
+            top, _, left, _ = out.region
+            sy, sx = out.scale
+            y, x = (cy * raw.height - top) * sy, (cx * raw.width - left) * sx
+            if 0 <= y < h and 0 <= x < w:
+                pts[int(y), int(x)] = 1
+        images.append(img)
+        points.append(pts)
+        if len(images) == batch:
+            break
+    return np.stack(images).astype(np.float32), np.stack(points)
+
+
+def run(batch: int, repeats: int, preset: str) -> dict:
+    from flax import nnx
+
+    import configs.frames
+    from alcfcn_jax.apps import shipped
+    from alcfcn_jax.losses import lcfcn_targets
+    from alcfcn_jax.losses.lcfcn import weighted_bce
+    from alcfcn_jax.models.outputs import fish_probability
+    from alcfcn_jax.train import inputs, loop
+    from alcfcn_jax.train import state as train_state
+    from alcfcn_jax.train import step as train_step
+
+    config = configs.frames.get_config(preset)
+    images, points = _frames(batch)
+    out: dict = {
+        "host": host_info(),
+        "preset": preset,
+        "batch": batch,
+        "size": list(images.shape[1:3]),
+    }
+    mesh = shd.make_mesh()
+    out["devices"] = mesh.devices.size
+    with jax.set_mesh(mesh):
+        trained, _ = shipped.load()
+        graphs, state = train_state.create_train_state(config, mesh, model=trained)
+        model = nnx.merge(graphs.model, state["model"])
+        extract = inputs.make_extract(model)
+        taps = {f"taps/{k}": np.asarray(v).astype(np.float16) for k, v in extract(images).items()}
+        host_batch = {"points": points, "mask": np.full(points.shape, 255, np.int32), **taps}
+
+        def to_device():
+            b = train_step.prepare_batch(
+                {**host_batch, **{k: v.astype(np.float32) for k, v in taps.items()}}
+            )
+            return shd.to_global(b, mesh)
+
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            jax.block_until_ready(to_device())
+        out["data_s"] = (time.perf_counter() - t0) / repeats
+        dev_batch = to_device()
+
+        step = train_step.make_train_step(
+            graphs,
+            mesh,
+            loss_name="lcfcn",
+            learning_rate=float(config.optim.lr),
+            affinity=loop.affinity_loss_from_config(config),
+        )
+        times = []
+        s = state
+        s, m = step(s, dev_batch)
+        jax.block_until_ready(m)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            s, m = step(s, dev_batch)
+            jax.block_until_ready(m)
+            times.append(time.perf_counter() - t0)
+        out["step_s"] = float(np.median(times))
+
+        gdef, mstate = graphs.model, s["model"]
+
+        def fwd(st, b, walk):
+            m_ = nnx.merge(gdef, st)
+            return train_step.forward(m_, b, train=True, walk=walk)
+
+        for walk in (True, False):
+            f = jax.jit(lambda st, b, walk=walk: fwd(st, b, walk))
+            _, ts = time_calls(f, (mstate, dev_batch), repeats)
+            out[f"forward_{'walk' if walk else 'nowalk'}_s"] = float(np.median(ts))
+
+        probs = np.asarray(
+            fish_probability(jax.jit(lambda st, b: fwd(st, b, True))(mstate, dev_batch))
+        )
+        fg = (points == 1).astype(np.int32)
+        maps = lcfcn_targets.batch_maps(probs, fg, per_term=False)
+        w_fg, w_bg = jnp.asarray(maps[:, 0]), jnp.asarray(maps[:, 1])
+
+        gdef2, params, rest = nnx.split(nnx.merge(gdef, mstate), graphs.wrt, ...)
+
+        def loss(params, rest, b):
+            m_ = nnx.merge(gdef2, params, rest)
+            p = fish_probability(train_step.forward(m_, b, train=True, walk=True))
+            return jnp.mean(weighted_bce(p, w_fg, w_bg))
+
+        g = jax.jit(jax.grad(loss))
+        _, ts = time_calls(g, (params, rest, dev_batch), repeats)
+        out["grad_no_host_s"] = float(np.median(ts))
+
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            lcfcn_targets.batch_maps(probs, fg, per_term=True)
+            ts.append(time.perf_counter() - t0)
+        out["host_targets_s"] = float(np.median(ts))
+        import scipy.ndimage as ndi
+
+        out["blobs_per_image"] = float(
+            np.mean([ndi.label(p > 0.5, structure=np.ones((3, 3)))[1] for p in probs])
+        )
+    out["rest_s"] = out["step_s"] - out["grad_no_host_s"] - out["host_targets_s"]
+    out["loadavg_after"] = host_info()["loadavg"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--preset", default="alcfcn_ref")
+    args = parser.parse_args()
+    result = run(args.batch, args.repeats, args.preset)
+    RESULTS.mkdir(exist_ok=True)
+    device = jax.devices()[0].platform
+    (RESULTS / f"step_profile_{device}.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
