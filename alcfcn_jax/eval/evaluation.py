@@ -59,7 +59,9 @@ _JIT_CACHE: list[tuple[str, Any, Callable[..., Any]]] = []
 _JIT_CACHE_SIZE = 8
 
 
-def _cached(kind: str, graphdef: Any, build: Callable[[Any], Callable[..., Any]]):
+def cached_jit(kind: str, graphdef: Any, build: Callable[[Any], Callable[..., Any]]):
+    """``build(graphdef)`` (a jitted function of a model's state), built once per ``kind`` and
+    model structure: a second model of the same structure reuses the compiled function."""
     for k, g, fn in _JIT_CACHE:
         if k == kind and g == graphdef:
             return fn
@@ -113,7 +115,7 @@ def make_forward(
     """
     graphdef, state = _put_state(model, mesh)
     kind = f"forward/aux={bool(return_aux)}"
-    fwd = _cached(kind, graphdef, lambda g: _build_forward(g, bool(return_aux)))
+    fwd = cached_jit(kind, graphdef, lambda g: _build_forward(g, bool(return_aux)))
     return lambda images: fwd(state, images)
 
 
@@ -121,7 +123,7 @@ def _make_eval_step(model: nnx.Module, mesh: jax.sharding.Mesh | None, with_prob
     """Step: (images, valid-pixel mask, labels) -> (pred uint8 (B,H,W), cf (B,2,2)) and, with
     ``with_prob``, the fish probability (B,H,W) float32."""
     graphdef, state = _put_state(model, mesh)
-    step = _cached(
+    step = cached_jit(
         f"eval_step/prob={with_prob}", graphdef, lambda g: _build_eval_step(g, with_prob)
     )
     return lambda *args: step(state, *args)
