@@ -19,7 +19,9 @@ separately jitted on the same batch (median of ``repeats`` after a compiling cal
     (connected components, watershed, the dense maps), threaded as in the step;
   * ``data``: reading one batch of cached taps (fp16 in memory) and putting it on the devices.
 
-The difference ``step - grad_no_host - host_targets`` is the optimizer, the callback's transfers
+``step_gflop`` is XLA's count of the step's floating-point operations (``cost_analysis``): with
+``grad_no_host`` it gives the rate the device part runs at. The difference
+``step - grad_no_host - host_targets`` is the optimizer, the callback's transfers
 and what does not overlap. Results: ``benchmarks/results/step_profile_<device>.json``.
 """
 
@@ -120,6 +122,9 @@ def run(batch: int, repeats: int, preset: str) -> dict:
             learning_rate=float(config.optim.lr),
             affinity=loop.affinity_loss_from_config(config),
         )
+        cost = step.lower(state, dev_batch).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        out["step_gflop"] = float(cost.get("flops", float("nan"))) / 1e9
         times = []
         s = state
         s, m = step(s, dev_batch)
