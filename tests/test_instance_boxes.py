@@ -138,3 +138,21 @@ def test_extent_figures_of_nothing():
     assert math.isnan(m["pixel_precision"]) and math.isnan(m["length_in_range"])
     m = inst.extent_metrics([inst.image_record(lab, lab * 0.0, np.zeros((0, 4)))])
     assert math.isnan(m["ap50"]) and math.isnan(m["box_coverage_median"])
+
+
+def test_instance_confidence_is_the_mean_of_its_confident_pixels():
+    lab = np.zeros((6, 12), np.int32)
+    lab[0:4, 0:4] = 1  # an outline: a 2x2 core at 0.9 in a ring of water at 0.1
+    lab[0:2, 6:8] = 2  # a blob at 0.7 everywhere
+    lab[4:6, 8:12] = 3  # nothing above 0.5: the mean of all its pixels
+    prob = np.zeros(lab.shape)
+    prob[lab == 1] = 0.1
+    prob[1:3, 1:3] = 0.9
+    prob[lab == 2] = 0.7
+    prob[4:6, 8:12] = [[0.2, 0.4, 0.2, 0.4]] * 2
+    np.testing.assert_allclose(inst.instance_confidence(lab, prob), [0.9, 0.7, 0.3])
+    # The mean over all pixels would rank the outlined fish (0.3) below the blob and lose AP:
+    # with instance 1 on the only true box, it is the first in the ranking.
+    rec = inst.image_record(lab, prob, np.array([[0, 0, 4, 4.0]]))
+    assert rec["scores"] == pytest.approx([0.9, 0.7, 0.3])
+    assert inst.extent_metrics([rec])["ap50"] == pytest.approx(1.0)

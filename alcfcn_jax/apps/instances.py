@@ -22,7 +22,7 @@ Evaluation on a box split (``python -m alcfcn_jax.apps.instances``)::
 restores the checkpoint as ``evaluate.py`` does (its recorded preprocessing), cuts every image of
 the split into instances, and compares each instance's bounding box with the true boxes
 (``eval.instances``: AP at several IoUs, best IoU per box, box coverage, pixel precision, lengths;
-confidence = the instance's mean fish probability). It writes
+confidence = the mean fish probability of its pixels above 0.5). It writes
 ``<workdir>/eval/<split>/instances_<method>[_<outline>].json`` (every figure and the settings),
 ``.md`` (a table) and ``.csv`` (per image).
 """

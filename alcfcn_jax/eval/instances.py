@@ -6,8 +6,9 @@ the instances, reduce each image to an :func:`image_record` and pool the records
 Definitions (one split, every image pooled):
 
   * every predicted instance is a box (the bounding box of its pixels, ``x0, y0, x1, y1`` with
-    pixel ``i`` spanning ``[i, i + 1)``) with a confidence (``apps.instances`` uses the instance's
-    mean fish probability);
+    pixel ``i`` spanning ``[i, i + 1)``) with a confidence (:func:`instance_confidence`: the mean
+    fish probability of its confident pixels, ``p > 0.5``, so that an outline grown into the
+    water around a fish does not lower it; of all its pixels when none is confident);
   * matching, image by image: instances in order of decreasing confidence each take the unmatched
     true box of highest IoU if that IoU is >= ``iou_threshold`` (0.5): a true positive; otherwise
     a false positive (greedy, as the PASCAL VOC / COCO detection evaluations do);
@@ -212,7 +213,7 @@ def image_record(labels: np.ndarray, prob: np.ndarray, true_boxes: np.ndarray) -
 
     Args:
       labels: (H,W) instance labels (0 = background, 1..n).
-      prob: (H,W) fish probability (an instance's confidence is its mean).
+      prob: (H,W) fish probability (the instances' confidences: :func:`instance_confidence`).
       true_boxes: (M,4) true boxes ``x0, y0, x1, y1`` in the map's pixels.
 
     Returns:
@@ -235,7 +236,7 @@ def image_record(labels: np.ndarray, prob: np.ndarray, true_boxes: np.ndarray) -
         coverage.append(float(cell.mean()) if cell.size else None)
     return {
         "pred_boxes": labels_to_boxes(labels).tolist(),
-        "scores": mean_per_instance(labels, prob).tolist(),
+        "scores": instance_confidence(labels, prob).tolist(),
         "lengths": instance_lengths(labels).tolist(),
         "true_boxes": true_boxes.tolist(),
         "coverage": coverage,
@@ -414,6 +415,28 @@ def mean_per_instance(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
         return sums / cnt
 
 
+def instance_confidence(
+    labels: np.ndarray, prob: np.ndarray, threshold: float = 0.5
+) -> np.ndarray:
+    """(n,) confidence of each instance 1..n: the mean fish probability of its pixels above
+    ``threshold`` (the blob the cut made it from), or of all its pixels when none is above.
+
+    For instances cut from ``p > threshold`` (``outline=blobs``) this is their mean probability;
+    a GrabCut outline adds pixels of the fish's edges and of the water, whose low probabilities
+    would otherwise rank a large, well outlined fish below a small blob (measured on the real
+    validation frames: AP50 0.392 against 0.377 with the mean over all pixels; docs/results.md).
+    """
+    labels = np.asarray(labels)
+    prob = np.asarray(prob, np.float64)
+    confident = np.where(prob > threshold, labels, 0)
+    core = mean_per_instance(confident, prob)
+    n = int(labels.max()) if labels.size else 0
+    if core.size < n:
+        core = np.concatenate([core, np.full(n - core.size, np.nan)])
+    everywhere = mean_per_instance(labels, prob)
+    return np.where(np.isnan(core), everywhere, core)
+
+
 __all__: Sequence[str] = (
     "EXTENT_FIGURES",
     "IMAGE_COLUMNS",
@@ -430,6 +453,7 @@ __all__: Sequence[str] = (
     "instances_per_box",
     "labels_to_boxes",
     "match_image",
+    "instance_confidence",
     "mean_per_instance",
     "pooled_ap",
     "true_size_boxes",
