@@ -415,9 +415,7 @@ def mean_per_instance(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
         return sums / cnt
 
 
-def instance_confidence(
-    labels: np.ndarray, prob: np.ndarray, threshold: float = 0.5
-) -> np.ndarray:
+def instance_confidence(labels: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """(n,) confidence of each instance 1..n: the mean fish probability of its pixels above
     ``threshold`` (the blob the cut made it from), or of all its pixels when none is above.
 
