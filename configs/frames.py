@@ -131,7 +131,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         count_baseline=True,
     )
     # Fish outlines: each blob grown to the fish's edges by GrabCut (eval/outlines.py): on the
-    # real frames' validation split AP50 0.377 against 0.269 for the blobs, the count unchanged
+    # real frames' validation split AP50 0.393 against 0.269 for the blobs, the count unchanged
     # (docs/results.md).
     config.instances.outline = "grabcut"
     if preset == "lcfcn":

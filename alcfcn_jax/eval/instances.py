@@ -422,7 +422,7 @@ def instance_confidence(labels: np.ndarray, prob: np.ndarray, threshold: float =
     For instances cut from ``p > threshold`` (``outline=blobs``) this is their mean probability;
     a GrabCut outline adds pixels of the fish's edges and of the water, whose low probabilities
     would otherwise rank a large, well outlined fish below a small blob (measured on the real
-    validation frames: AP50 0.392 against 0.377 with the mean over all pixels; docs/results.md).
+    validation frames: AP50 0.393 against 0.377 with the mean over all pixels; docs/results.md).
     """
     labels = np.asarray(labels)
     prob = np.asarray(prob, np.float64)
