@@ -204,10 +204,25 @@ class FrameAnalyser:
         if batch:
             yield batch
 
+    def _analyse_and_finish(
+        self, frame: Frame, out: dict[str, np.ndarray], finish: Callable[[Result], None] | None
+    ) -> Result:
+        result = self.analyse(frame, out)
+        if finish is not None:
+            finish(result)
+        return result
+
     def run(
-        self, frames: Iterable[Frame], *, on_result: Callable[[Result], None] | None = None
+        self,
+        frames: Iterable[Frame],
+        *,
+        on_result: Callable[[Result], None] | None = None,
+        finish: Callable[[Result], None] | None = None,
     ) -> Iterator[Result]:
-        """The results of ``frames``, in order (``on_result`` is called on each, in order)."""
+        """The results of ``frames``, in order (``on_result`` is called on each, in order).
+
+        ``finish`` is per-frame work that needs no order (writing a frame's own files), run in
+        the post-processing threads right after the frame's analysis, beside the model."""
         reader = _Reader(frames, self.prefetch)
         pending: collections.deque[Future] = collections.deque()
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="predict-post")
@@ -222,7 +237,12 @@ class FrameAnalyser:
                 out = self.forward(images)
                 for i, frame in enumerate(batch):
                     pending.append(
-                        pool.submit(self.analyse, frame, {k: v[i] for k, v in out.items()})
+                        pool.submit(
+                            self._analyse_and_finish,
+                            frame,
+                            {k: v[i] for k, v in out.items()},
+                            finish,
+                        )
                     )
                 while len(pending) > self.inflight or (pending and pending[0].done()):
                     result = pending.popleft().result()

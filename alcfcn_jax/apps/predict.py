@@ -292,7 +292,20 @@ def predict_folder(
     image_rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     progress = frames.Progress(len(files), "images")
-    for result in analyser.run(read()):
+
+    def write_files(result: frames.Result) -> None:
+        # A frame's own files, written in the post-processing threads beside the model.
+        frame = result.frame
+        name = names[root / frame.name]
+        full_labels = _to_original(result.labels, frame.prepared, frame.original.shape[:2])
+        if full_labels.max() > 65535:
+            raise ValueError(f"{frame.name}: more than 65535 fish cannot be stored in a 16-bit PNG")
+        save_png_atomic(Image.fromarray(full_labels.astype(np.uint16)), out / "instances" / name)
+        if overlays:
+            pic = draw_fish(frame.original, full_labels, result.rows, title=frame.name)
+            save_png_atomic(pic, out / "overlays" / name)
+
+    for result in analyser.run(read(), finish=write_files):
         frame, rows = result.frame, result.rows
         name = names[root / frame.name]
         image = frame.prepared.image
@@ -313,13 +326,6 @@ def predict_folder(
                 ),
             }
         )
-        full_labels = _to_original(result.labels, frame.prepared, frame.original.shape[:2])
-        if full_labels.max() > 65535:
-            raise ValueError(f"{frame.name}: more than 65535 fish cannot be stored in a 16-bit PNG")
-        save_png_atomic(Image.fromarray(full_labels.astype(np.uint16)), out / "instances" / name)
-        if overlays:
-            pic = draw_fish(frame.original, full_labels, rows, title=frame.name)
-            save_png_atomic(pic, out / "overlays" / name)
         progress.update()
     progress.close()
     write_text_atomic(
