@@ -17,6 +17,7 @@ __all__ = [
     "print_json",
     "time_calls",
     "time_jitted",
+    "write_video",
 ]
 
 
@@ -94,3 +95,17 @@ def host_info() -> dict[str, Any]:
 def print_json(result: dict) -> None:
     """Prints a benchmark result as indented JSON."""
     print(json.dumps(result, indent=2, sort_keys=False))
+
+
+def write_video(files: list, path: Any, fps: float = 10.0) -> None:
+    """Image files (same size) as an MPEG-4 video at ``fps`` frames a second (OpenCV)."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    first = np.asarray(Image.open(files[0]).convert("RGB"))
+    h, w = first.shape[:2]
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for f in files:
+        out.write(np.asarray(Image.open(f).convert("RGB"))[..., ::-1].copy())
+    out.release()

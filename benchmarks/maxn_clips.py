@@ -25,9 +25,9 @@ import re
 import tempfile
 
 import numpy as np
-from PIL import Image
 
 from alcfcn_jax.data import boxes
+from benchmarks.common import write_video
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 _NAME = re.compile(r"^(?P<video>.+)_f(?P<frame>\d+)_jpg")
@@ -55,23 +55,6 @@ def consecutive_runs(
     return runs
 
 
-def _true_count(labels: pathlib.Path) -> int:
-    return (
-        sum(1 for line in labels.read_text().splitlines() if line.strip()) if labels.exists() else 0
-    )
-
-
-def _write_clip(files: list[pathlib.Path], path: pathlib.Path, fps: float) -> None:
-    import cv2
-
-    first = np.asarray(Image.open(files[0]).convert("RGB"))
-    h, w = first.shape[:2]
-    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    for f in files:
-        out.write(np.asarray(Image.open(f).convert("RGB"))[..., ::-1].copy())
-    out.release()
-
-
 def run(data_dir: str, clips: int, length: int, max_gap: int, fps: float, smooth: int) -> dict:
     from alcfcn_jax.apps import predict, shipped, video
     from alcfcn_jax.data import preprocess as pp
@@ -91,10 +74,13 @@ def run(data_dir: str, clips: int, length: int, max_gap: int, fps: float, smooth
             frames = runs[name]
             files = [root / "images" / n for _, n in frames]
             truth = np.array(
-                [_true_count(root / "labels" / (pathlib.Path(n).stem + ".txt")) for _, n in frames]
+                [
+                    len(boxes.read_yolo(root / "labels" / (pathlib.Path(n).stem + ".txt")))
+                    for _, n in frames
+                ]
             )
             clip = pathlib.Path(tmp) / f"{name}.mp4"
-            _write_clip(files, clip, fps)
+            write_video(files, clip, fps)
             summary = predict.predict_video(
                 model,
                 clip,

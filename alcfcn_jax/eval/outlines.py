@@ -119,6 +119,16 @@ class InstanceSettings:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def cut(self, prob: np.ndarray) -> np.ndarray:
+        """The watershed cut of ``prob`` with these settings (``eval.measure.instance_labels``)."""
+        return measure.instance_labels(
+            prob,
+            threshold=self.threshold,
+            split=self.split,
+            split_h=self.split_h,
+            min_area=self.min_area,
+        )
+
 
 def grabcut_outlines(
     image: np.ndarray, labels: np.ndarray, *, margin: float = 1.0, iters: int = 4
@@ -210,13 +220,7 @@ def click_instances(
     import skimage.segmentation
 
     prob = np.asarray(prob, np.float64)
-    cut = measure.instance_labels(
-        prob,
-        threshold=settings.threshold,
-        split=settings.split,
-        split_h=settings.split_h,
-        min_area=settings.min_area,
-    )
+    cut = settings.cut(prob)
     ys, xs = np.nonzero(np.asarray(points) == 1)
     owner = cut[ys, xs]
     out = np.zeros_like(cut)
@@ -276,13 +280,6 @@ def instance_fn(settings: InstanceSettings) -> Callable[..., np.ndarray]:
         )
 
     def fn(prob: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
-        labels = measure.instance_labels(
-            prob,
-            threshold=settings.threshold,
-            split=settings.split,
-            split_h=settings.split_h,
-            min_area=settings.min_area,
-        )
-        return outline(labels, image, settings)
+        return outline(settings.cut(prob), image, settings)
 
     return fn
