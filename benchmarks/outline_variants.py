@@ -1,7 +1,7 @@
 """Post-processing variants of one trained model's fish map, scored against the true boxes.
 
     python -m benchmarks.outline_variants --workdir=runs/alcfcn_ref --data_dir=$D [--split=val]
-        [--limit=0] [--variants=blobs,flip,hysteresis,pamr,grabcut,flip_grabcut,pamr_grabcut]
+        [--limit=0] [--variants=blobs,flip,scales,hysteresis,pamr,transport,grabcut,...]
 
 The model's best checkpoint runs once per image (and once on the mirrored image for the flip
 variants); every variant turns the fish probability into instances, cut by the watershed
@@ -10,11 +10,15 @@ variants); every variant turns the fish probability into instances, cut by the w
 
   * ``blobs``: the map as it is (``instances.outline=blobs``);
   * ``flip``: the mean of the probabilities of the image and of its mirror image;
+  * ``scales``: the mean of the probabilities of the image resized by 0.75, 1 and 1.5 (bilinear),
+    each map brought back to the image's size;
   * ``hysteresis``: blobs of p > 0.5 grown into p > 0.25 (watershed on -p within p > 0.25);
   * ``pamr``: the probability refined by PAMR (``ops/pamr.py``: 10 iterations, dilations
     1, 2, 4, 8, 12, 24) before the cut;
+  * ``transport``: the cut re-drawn by optimal transport with area budgets
+    (``instances.outline=transport``, ``eval/transport.py``);
   * ``grabcut``: the cut grown to the fish's edges (``instances.outline=grabcut``);
-  * ``flip_grabcut``, ``pamr_grabcut``: the two combined.
+  * ``flip_grabcut``, ``scales_grabcut``, ``pamr_grabcut``: the two combined.
 
 "instances MAE" is the mean |instances - true count| per image. Results:
 ``benchmarks/results/outline_variants.json`` and a markdown table.
@@ -27,10 +31,23 @@ import json
 import pathlib
 import time
 
+import cv2
 import numpy as np
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
-VARIANTS = ("blobs", "flip", "hysteresis", "pamr", "grabcut", "flip_grabcut", "pamr_grabcut")
+VARIANTS = (
+    "blobs",
+    "flip",
+    "scales",
+    "hysteresis",
+    "pamr",
+    "transport",
+    "grabcut",
+    "flip_grabcut",
+    "scales_grabcut",
+    "pamr_grabcut",
+)
+SCALES = (0.75, 1.0, 1.5)
 KEYS = (
     "ap50",
     "ap50_95",
@@ -84,22 +101,33 @@ def run(workdir: str, data_dir: str, split: str, limit: int, variants: list[str]
     seconds = dict.fromkeys(variants, 0.0)
     count_errors: dict[str, list] = {v: [] for v in variants}
     grabcut = outlines.InstanceSettings(outline="grabcut")
+    transport = outlines.InstanceSettings(outline="transport")
     t_forward = 0.0
+
+    def probability(image: np.ndarray, scale: float = 1.0, flip: bool = False) -> np.ndarray:
+        size = image.shape[:2]
+        if scale != 1.0:
+            h, w = round(size[0] * scale), round(size[1] * scale)
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+        if flip:
+            image = image[:, ::-1]
+        logits = forward(np.ascontiguousarray(image[None]))
+        p = np.asarray(outputs.fish_probability(outputs.upsample_logits(logits, size)))[0]
+        return p[:, ::-1] if flip else p
+
     for i in range(n):
         ex = source[i]
         image = np.asarray(ex["image"], np.float32)
         size = image.shape[:2]
         valid = np.asarray(ex["pad"], bool) if ex.get("pad") is not None else np.ones(size, bool)
         t0 = time.perf_counter()
-        prob = np.asarray(
-            outputs.fish_probability(outputs.upsample_logits(forward(image[None]), size))
-        )[0]
-        prob = prob * valid
-        flipped = None
+        prob = probability(image) * valid
+        flipped = scaled = None
         if any(v.startswith("flip") for v in variants):
-            logits = forward(np.ascontiguousarray(image[None, :, ::-1]))
-            flipped = np.asarray(outputs.fish_probability(outputs.upsample_logits(logits, size)))[0]
-            flipped = flipped[:, ::-1] * valid
+            flipped = probability(image, flip=True) * valid
+        if any(v.startswith("scales") for v in variants):
+            others = [probability(image, s) * valid for s in SCALES if s != 1.0]
+            scaled = np.mean([prob, *others], axis=0)
         t_forward += time.perf_counter() - t0
         rgb = pp.denormalize(image)
         true_boxes = np.asarray(ex["boxes"], np.float32).reshape(-1, 4)
@@ -108,6 +136,8 @@ def run(workdir: str, data_dir: str, split: str, limit: int, variants: list[str]
             p = prob
             if v.startswith("flip"):
                 p = 0.5 * (prob + flipped)
+            elif v.startswith("scales"):
+                p = scaled
             elif v.startswith("pamr"):
                 p = pamr_probability(rgb, prob) * valid
             if v == "hysteresis":
@@ -116,6 +146,8 @@ def run(workdir: str, data_dir: str, split: str, limit: int, variants: list[str]
                 labels = measure.instance_labels(p)
             if v.endswith("grabcut"):
                 labels = outlines.outline(labels, rgb, grabcut)
+            elif v == "transport":
+                labels = outlines.outline(labels, rgb, transport, p)
             seconds[v] += time.perf_counter() - t0
             records[v].append(inst.image_record(labels, p, true_boxes))
             count_errors[v].append(abs(int(labels.max()) - len(true_boxes)))
@@ -161,7 +193,8 @@ def main() -> None:
         parser.error(f"unknown variant(s) {sorted(unknown)}; choose from {VARIANTS}")
     result = run(args.workdir, args.data_dir, args.split, args.limit, variants)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "outline_variants.json").write_text(json.dumps(result, indent=1) + "\n")
+    name = "outline_variants.json" if not args.limit else f"outline_variants_{args.limit}.json"
+    (RESULTS / name).write_text(json.dumps(result, indent=1) + "\n")
     print(table(result))
 
 

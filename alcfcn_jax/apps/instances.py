@@ -140,7 +140,7 @@ def cut_instances(
     labels = measure.embedding_instance_labels(
         prob, emb, threshold=settings.threshold, seed_prob=seed_prob, min_area=settings.min_area
     )
-    return outlines.outline(labels, rgb, settings), prob
+    return outlines.outline(labels, rgb, settings, prob), prob
 
 
 def make_instance_fn(

@@ -38,9 +38,9 @@ import scipy.ndimage as ndi
 from alcfcn_jax.eval import measure
 
 METHODS = ("watershed", "embedding")
-OUTLINES = ("blobs", "grabcut")
+OUTLINES = ("blobs", "grabcut", "transport")
 SEEDS = ("activation", "refined")
-PSEUDO_MASKS = ("argmax", "click_instances")
+PSEUDO_MASKS = ("argmax", "click_instances", "point_blots")
 
 # config.instances: what each key means is in InstanceSettings.
 INSTANCE_DEFAULTS: dict[str, Any] = {
@@ -63,7 +63,9 @@ class InstanceSettings:
 
     Attributes:
       method: ``watershed`` or ``embedding`` (the cut).
-      outline: ``blobs`` (as cut) or ``grabcut`` (grown to the fish's edges in the image).
+      outline: ``blobs`` (as cut), ``grabcut`` (grown to the fish's edges in the image) or
+        ``transport`` (pixels shared out by optimal transport with area budgets,
+        ``eval/transport.py``; measured, not kept).
       threshold: fish where ``p(fish) > threshold``.
       split: split touching fish (watershed); ``split_h``: least neck depth (pixels) for a split.
       min_area: drop instances with fewer pixels (after the cut).
@@ -71,8 +73,10 @@ class InstanceSettings:
       grabcut_margin: GrabCut window = instance box grown by this times its size on each side.
       grabcut_iters: GrabCut rounds.
       pseudo_masks: what the pseudo-mask writer writes for a training image: ``argmax`` (the
-        model's fish pixels, the reference) or ``click_instances`` (:func:`click_instances`, then
-        the outline step: one outlined instance per click).
+        model's fish pixels, the reference), ``click_instances`` (:func:`click_instances`, then
+        the outline step: one outlined instance per click) or ``point_blots`` (point blots and
+        expanding distance fields, ``eval/point_blots.py``, then the outline step; measured, not
+        kept).
     """
 
     method: str = "watershed"
@@ -248,13 +252,25 @@ def click_instances(
     return measure.relabel_raster(out)
 
 
-def outline(labels: np.ndarray, image: np.ndarray | None, settings: InstanceSettings) -> np.ndarray:
+def outline(
+    labels: np.ndarray,
+    image: np.ndarray | None,
+    settings: InstanceSettings,
+    prob: np.ndarray | None = None,
+) -> np.ndarray:
     """Step 2 of the module docstring on cut ``labels`` (``image``: (H,W,3) uint8 RGB, needed by
-    ``grabcut``)."""
+    ``grabcut`` and ``transport``; ``prob``: the (H,W) fish probability, needed by
+    ``transport``)."""
     if settings.outline == "blobs":
         return labels
     if image is None:
-        raise ValueError("instances.outline='grabcut' needs the image")
+        raise ValueError(f"instances.outline={settings.outline!r} needs the image")
+    if settings.outline == "transport":
+        from alcfcn_jax.eval.transport import transport_outlines
+
+        if prob is None:
+            raise ValueError("instances.outline='transport' needs the fish probability")
+        return transport_outlines(image, labels, prob, margin=settings.grabcut_margin)
     return grabcut_outlines(
         image, labels, margin=settings.grabcut_margin, iters=settings.grabcut_iters
     )
@@ -263,10 +279,16 @@ def outline(labels: np.ndarray, image: np.ndarray | None, settings: InstanceSett
 def pseudo_mask(
     prob: np.ndarray, image: np.ndarray, points: np.ndarray, settings: InstanceSettings
 ) -> np.ndarray:
-    """(H,W) 0/1 pseudo mask of a training image for ``pseudo_masks='click_instances'``: the
-    outlined :func:`click_instances` (``image``: (H,W,3) uint8 RGB)."""
-    labels = outline(click_instances(prob, points, settings), image, settings)
-    return (labels > 0).astype(np.uint8)
+    """(H,W) 0/1 pseudo mask of a training image for ``pseudo_masks='click_instances'`` (the
+    outlined :func:`click_instances`) or ``'point_blots'`` (the outlined
+    ``eval.point_blots.point_blots``); ``image``: (H,W,3) uint8 RGB."""
+    if settings.pseudo_masks == "point_blots":
+        from alcfcn_jax.eval.point_blots import point_blots
+
+        labels = point_blots(image, prob, points, threshold=settings.threshold)
+    else:
+        labels = click_instances(prob, points, settings)
+    return (outline(labels, image, settings, prob) > 0).astype(np.uint8)
 
 
 def instance_fn(settings: InstanceSettings) -> Callable[..., np.ndarray]:
@@ -280,6 +302,6 @@ def instance_fn(settings: InstanceSettings) -> Callable[..., np.ndarray]:
         )
 
     def fn(prob: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
-        return outline(settings.cut(prob), image, settings)
+        return outline(settings.cut(prob), image, settings, prob)
 
     return fn

@@ -12,7 +12,8 @@ outside the picture (``pad`` False) are background. With
 ``config.instances.pseudo_masks='click_instances'`` it is instead the union of one instance per
 click of the training image, outlined as ``config.instances.outline`` says
 (``eval.outlines.pseudo_mask``: blobs without a click dropped, blobs with several split between
-them, missed clicks seeded; GrabCut grows them to the fish's edges). The manifest records the
+them, missed clicks seeded; GrabCut grows them to the fish's edges); ``'point_blots'`` draws the
+instances from the clicks by ``eval.point_blots`` instead (measured, not kept). The manifest records the
 settings, and masks written with other settings are regenerated. The manifest is written last and names the
 checkpoint step, the model, the split, the ids, and quality figures against the true masks where
 the split has them (synthetic trees, FishSeg train).
@@ -103,7 +104,7 @@ _ARGMAX = {"pseudo_masks": "argmax"}
 
 def masks_key(settings: outlines.InstanceSettings) -> dict[str, Any]:
     """What decides a mask's content besides the checkpoint: recorded in the manifest."""
-    return settings.to_dict() if settings.pseudo_masks == "click_instances" else dict(_ARGMAX)
+    return settings.to_dict() if settings.pseudo_masks != "argmax" else dict(_ARGMAX)
 
 
 def _remove_masks(out_dir: pathlib.Path) -> int:
@@ -139,11 +140,11 @@ def generate(
       expected_count: number of examples in the split (all processes together).
       summary: extra manifest fields (model, dataset, split, stage-1 workdir...).
       mesh: the device mesh; ``None`` = default device.
-      settings: ``pseudo_masks='click_instances'`` writes outlined click instances (module
-        docstring); default (or ``argmax``): the argmax. Recorded in the manifest as ``masks``.
+      settings: ``pseudo_masks='click_instances'`` (or ``'point_blots'``) writes outlined
+        instances of the clicks (module docstring); default (or ``argmax``): the argmax. Recorded in the manifest as ``masks``.
     """
     settings = settings or outlines.InstanceSettings()
-    by_clicks = settings.pseudo_masks == "click_instances"
+    by_clicks = settings.pseudo_masks != "argmax"
     key = masks_key(settings)
     summary = {**summary, "masks": key}
     out_dir = pathlib.Path(out_dir)
