@@ -134,6 +134,19 @@ class InstanceSettings:
         )
 
 
+def instance_window(
+    box: tuple[slice, slice], shape: tuple[int, ...], margin: float
+) -> tuple[slice, slice]:
+    """An instance's window: its bounding ``box`` (``ndi.find_objects`` slices) grown by
+    ``margin`` times its height and width, plus 4 pixels, on each side, within ``shape``."""
+    h, w = box[0].stop - box[0].start, box[1].stop - box[1].start
+    my, mx = int(margin * h) + 4, int(margin * w) + 4
+    return (
+        slice(max(0, box[0].start - my), min(shape[0], box[0].stop + my)),
+        slice(max(0, box[1].start - mx), min(shape[1], box[1].stop + mx)),
+    )
+
+
 def grabcut_outlines(
     image: np.ndarray, labels: np.ndarray, *, margin: float = 1.0, iters: int = 4
 ) -> np.ndarray:
@@ -160,14 +173,11 @@ def grabcut_outlines(
     if labels.max() == 0:
         return out
     bgr = np.ascontiguousarray(image[..., ::-1].astype(np.uint8))
-    height, width = labels.shape
     for k, sl in enumerate(ndi.find_objects(labels), start=1):
         if sl is None:
             continue
-        h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
-        my, mx = int(margin * h) + 4, int(margin * w) + 4
-        y0, y1 = max(0, sl[0].start - my), min(height, sl[0].stop + my)
-        x0, x1 = max(0, sl[1].start - mx), min(width, sl[1].stop + mx)
+        rows, cols = instance_window(sl, labels.shape, margin)
+        y0, y1, x0, x1 = rows.start, rows.stop, cols.start, cols.stop
         window = labels[y0:y1, x0:x1]
         mine = window == k
         mask = np.full(window.shape, cv2.GC_PR_BGD, np.uint8)

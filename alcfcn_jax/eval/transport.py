@@ -29,6 +29,7 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from alcfcn_jax.eval import measure
+from alcfcn_jax.eval.outlines import instance_window
 
 
 def edge_strength(image: np.ndarray) -> np.ndarray:
@@ -90,22 +91,12 @@ def transport_outlines(
     slices = ndi.find_objects(labels)
     if not slices:
         return labels
-    height, width = labels.shape
     step = 1.0 + edge_weight * edge_strength(image)
-    windows = []
+    windows = [None if sl is None else instance_window(sl, labels.shape, margin) for sl in slices]
     region = np.zeros(labels.shape, bool)
-    for sl in slices:
-        if sl is None:
-            windows.append(None)
-            continue
-        h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
-        my, mx = int(margin * h) + 4, int(margin * w) + 4
-        win = (
-            slice(max(0, sl[0].start - my), min(height, sl[0].stop + my)),
-            slice(max(0, sl[1].start - mx), min(width, sl[1].stop + mx)),
-        )
-        windows.append(win)
-        region[win] = True
+    for win in windows:
+        if win is not None:
+            region[win] = True
     ys, xs = np.nonzero(region)
     index = np.full(labels.shape, -1, np.int64)
     index[ys, xs] = np.arange(ys.size)
