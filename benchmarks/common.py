@@ -109,3 +109,13 @@ def write_video(files: list, path: Any, fps: float = 10.0) -> None:
     for f in files:
         out.write(np.asarray(Image.open(f).convert("RGB"))[..., ::-1].copy())
     out.release()
+
+
+def variant_list(parser: Any, text: str, allowed: tuple[str, ...]) -> list[str]:
+    """The comma-separated variants of ``text``; an unknown one stops the argparse ``parser``
+    with the allowed ones."""
+    variants = [v for v in text.split(",") if v]
+    unknown = set(variants) - set(allowed)
+    if unknown:
+        parser.error(f"unknown variant(s) {sorted(unknown)}; choose from {allowed}")
+    return variants

@@ -34,6 +34,8 @@ import time
 import cv2
 import numpy as np
 
+from benchmarks.common import variant_list
+
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 VARIANTS = (
     "blobs",
@@ -187,10 +189,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
-    variants = [v for v in args.variants.split(",") if v]
-    unknown = set(variants) - set(VARIANTS)
-    if unknown:
-        parser.error(f"unknown variant(s) {sorted(unknown)}; choose from {VARIANTS}")
+    variants = variant_list(parser, args.variants, VARIANTS)
     result = run(args.workdir, args.data_dir, args.split, args.limit, variants)
     RESULTS.mkdir(exist_ok=True)
     name = "outline_variants.json" if not args.limit else f"outline_variants_{args.limit}.json"

@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 
+from benchmarks.common import variant_list
 from benchmarks.outline_variants import KEYS
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -100,10 +101,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=150)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
-    variants = [v for v in args.variants.split(",") if v]
-    unknown = set(variants) - set(VARIANTS)
-    if unknown:
-        parser.error(f"unknown variant(s) {sorted(unknown)}; choose from {VARIANTS}")
+    variants = variant_list(parser, args.variants, VARIANTS)
     result = run(args.workdir, args.data_dir, args.limit, variants)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "pseudo_mask_quality.json").write_text(json.dumps(result, indent=1) + "\n")
