@@ -69,11 +69,7 @@ def _time_steps(config, batch_np, repeats: int, *, cached: bool, impl: str) -> d
         with jax.set_mesh(mesh):
             graphs, state = train_state.create_train_state(config, mesh)
             step = train_step.make_train_step(
-                graphs,
-                mesh,
-                loss_name="lcfcn",
-                learning_rate=float(config.optim.lr),
-                affinity=loop.affinity_loss_from_config(config),
+                graphs, mesh, **loop.train_step_kwargs(config, int(config.train.num_steps))
             )
             batch = dict(batch_np)
             extract_s = None

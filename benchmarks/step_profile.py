@@ -116,11 +116,7 @@ def run(batch: int, repeats: int, preset: str) -> dict:
         dev_batch = to_device()
 
         step = train_step.make_train_step(
-            graphs,
-            mesh,
-            loss_name="lcfcn",
-            learning_rate=float(config.optim.lr),
-            affinity=loop.affinity_loss_from_config(config),
+            graphs, mesh, **loop.train_step_kwargs(config, int(config.train.num_steps))
         )
         cost = step.lower(state, dev_batch).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost

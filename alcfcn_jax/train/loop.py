@@ -46,6 +46,19 @@ from alcfcn_jax.train.step import make_train_step, prepare_batch
 FINAL_FILE = "final.json"
 
 
+def train_step_kwargs(config: ml_collections.ConfigDict, num_steps: int) -> dict[str, Any]:
+    """What ``make_train_step`` takes besides the graphs and the mesh, from a resolved config:
+    the loss, the learning-rate schedule over ``num_steps``, and the affinity and embedding
+    losses (the training loop and the step benchmarks build their step from it)."""
+    return dict(
+        loss_name=config.loss.name,
+        learning_rate=learning_rate_schedule(config.optim, num_steps),
+        skip_zero_loss=bool(config.train.skip_zero_loss),
+        affinity=affinity_loss_from_config(config),
+        embedding=embedding_loss_from_config(config),
+    )
+
+
 class _Window:
     """Averages of per-step metrics and timings between two log lines."""
 
@@ -270,13 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 return done
         start = int(jax.device_get(state["step"]))
 
-        step_kwargs = dict(
-            loss_name=config.loss.name,
-            learning_rate=learning_rate_schedule(config.optim, num_steps),
-            skip_zero_loss=bool(tc.skip_zero_loss),
-            affinity=affinity_loss_from_config(config),
-            embedding=embedding_loss_from_config(config),
-        )
+        step_kwargs = train_step_kwargs(config, num_steps)
         step_fn = make_train_step(graphs, mesh, **step_kwargs)
         # Walk warm-up: the first steps train the activation logits without the random walk.
         warmup = int(tc.walk_warmup_steps)
