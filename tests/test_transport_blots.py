@@ -10,6 +10,21 @@ from alcfcn_jax.eval.point_blots import point_blots
 from alcfcn_jax.eval.transport import sinkhorn_assign, transport_outlines
 
 
+def _one_fish():
+    """A 48x72 scene holding one fish (an ellipse 15 x 33 pixels)."""
+    shape = (48, 72)
+    fish = _ellipse(shape, 24, 36, 7, 16)
+    return shape, fish, _scene(shape, [fish])
+
+
+def _two_fish():
+    """A 40x80 scene holding a small fish (left) and a larger one (right)."""
+    shape = (40, 80)
+    a = _ellipse(shape, 20, 20, 4, 6)
+    b = _ellipse(shape, 20, 58, 6, 12)
+    return shape, a, b, _scene(shape, [a, b])
+
+
 def test_sinkhorn_respects_the_budgets():
     # Three columns, two rows: row 1 may take one column only; the cheapest for it is column 0.
     cost = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
@@ -23,9 +38,7 @@ def test_sinkhorn_respects_the_budgets():
 
 
 def test_transport_grows_within_the_fish_by_its_budget():
-    shape = (48, 72)
-    fish = _ellipse(shape, 24, 36, 7, 16)
-    image = _scene(shape, [fish])
+    shape, fish, image = _one_fish()
     core = _ellipse(shape, 24, 36, 3, 5).astype(np.int32)
     prob = np.where(fish, 0.6, 0.05)
     prob[core > 0] = 0.9
@@ -40,10 +53,7 @@ def test_transport_grows_within_the_fish_by_its_budget():
 
 
 def test_transport_keeps_two_fish_apart():
-    shape = (40, 80)
-    a = _ellipse(shape, 20, 20, 4, 6)
-    b = _ellipse(shape, 20, 58, 6, 12)
-    image = _scene(shape, [a, b])
+    shape, a, b, image = _two_fish()
     labels = np.zeros(shape, np.int32)
     labels[_ellipse(shape, 20, 20, 2, 3)] = 1
     labels[_ellipse(shape, 20, 58, 2, 4)] = 2
@@ -63,18 +73,15 @@ def test_transport_edge_cases_and_switch():
     with pytest.raises(ValueError, match="probability"):
         outlines.outline(empty, image, settings)
     # The switch: instance_fn passes the probability on.
-    shape = (48, 72)
-    fish = _ellipse(shape, 24, 36, 7, 16)
+    shape, fish, scene = _one_fish()
     prob = np.where(fish, 0.6, 0.05)
     prob[_ellipse(shape, 24, 36, 3, 5)] = 0.9
-    labels = outlines.instance_fn(settings)(prob, _scene(shape, [fish]))
+    labels = outlines.instance_fn(settings)(prob, scene)
     assert labels.max() == 1 and ((labels > 0) & ~fish).sum() == 0
 
 
 def test_point_blots_grow_from_a_click_inside_the_fish():
-    shape = (48, 72)
-    fish = _ellipse(shape, 24, 36, 7, 16)
-    image = _scene(shape, [fish])
+    shape, fish, image = _one_fish()
     points = np.zeros(shape, np.int32)
     points[24, 36] = 1
     prob = np.where(_ellipse(shape, 24, 36, 3, 5), 0.9, 0.1)
@@ -87,10 +94,7 @@ def test_point_blots_grow_from_a_click_inside_the_fish():
 
 
 def test_point_blots_one_instance_per_click():
-    shape = (40, 80)
-    a = _ellipse(shape, 20, 20, 4, 6)
-    b = _ellipse(shape, 20, 58, 6, 12)
-    image = _scene(shape, [a, b])
+    shape, a, b, image = _two_fish()
     points = np.zeros(shape, np.int32)
     points[20, 20] = points[20, 58] = 1
     lab = point_blots(image, np.full(shape, 0.1), points)
