@@ -175,6 +175,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"Instances: {json.dumps(meta['instances'])} (alcfcn_jax/eval/outlines.py).",
         "",
         *inst.figure_table(result),
+        "",
+        *inst.size_table(result),
     ]
     return "\n".join(lines) + "\n"
 

@@ -34,7 +34,17 @@ Definitions (one split, every image pooled):
     ``length_error_median`` = median of ``|length - l| / l`` (``length_matched`` instances);
   * ``ap50_true_size`` (a diagnostic, never a method): the AP50 when every instance box is
     replaced by the size of the true box nearest to its centre, centred where the instance is:
-    the AP that today's localisation reaches with perfect sizes.
+    the AP that today's localisation reaches with perfect sizes;
+  * by fish size (:data:`SIZE_CLASSES`: the true box's long side in the map's pixels, ``small``
+    under 20, ``medium`` 20 to 70, ``large`` 70 or more; about a quarter, three fifths and a
+    sixth of the validation boxes of the real frames), per true box of the class:
+    ``{size}_boxes`` (how many), ``{size}_best_iou_share50`` (share whose best instance box has
+    IoU >= 0.5), ``{size}_missed`` (share whose best IoU is under 0.1: no instance on the fish)
+    and ``{size}_size_ratio_median`` (median of the best instance box's long side over the true
+    long side, for the boxes not missed: > 1 too large, < 1 too small). Where AP50 is lost:
+    a true box is only matched at IoU >= 0.5 if its best IoU is, so ``instance_recall`` <=
+    ``best_iou_share50`` and AP50 <= ``best_iou_share50``; misses and wrong sizes are the two
+    ways a box falls short.
 """
 
 from __future__ import annotations
@@ -198,6 +208,14 @@ def box_detection_metrics(
 
 IOU_THRESHOLDS_50_95 = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
 
+# Fish size classes of the by-size figures: (name, least long side, long side below), map pixels.
+SIZE_CLASSES: tuple[tuple[str, float, float], ...] = (
+    ("small", 0.0, 20.0),
+    ("medium", 20.0, 70.0),
+    ("large", 70.0, math.inf),
+)
+MISSED_IOU = 0.1
+
 
 def box_pixels(box: Sequence[float], shape: tuple[int, int]) -> tuple[slice, slice]:
     """Rows and columns of the pixels of a (H,W) map whose centre lies in ``box`` (x0,y0,x1,y1;
@@ -299,6 +317,8 @@ def extent_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         out[f"ap{round(t * 100)}"] = pooled_ap(records, t)
     out["ap50_95"] = float(np.mean([pooled_ap(records, t) for t in IOU_THRESHOLDS_50_95]))
     best_iou: list[float] = []
+    long_sides: list[float] = []
+    size_ratio: list[float] = []
     coverage: list[float] = []
     in_range: list[bool] = []
     length_err: list[float] = []
@@ -307,6 +327,15 @@ def extent_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         pred, scores, true = _arrays(rec)
         iou = box_iou(pred, true)
         best_iou.extend(iou.max(axis=0).tolist() if len(pred) else [0.0] * len(true))
+        true_long = np.maximum(true[:, 2] - true[:, 0], true[:, 3] - true[:, 1])
+        long_sides.extend(true_long.tolist())
+        if len(pred):
+            best = pred[iou.argmax(axis=0)]
+            pred_long = np.maximum(best[:, 2] - best[:, 0], best[:, 3] - best[:, 1])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                size_ratio.extend((pred_long / true_long).tolist())
+        else:
+            size_ratio.extend([math.nan] * len(true))
         coverage.extend(c for c in rec["coverage"] if c is not None)
         fish += int(rec["fish_pixels"])
         inside += int(rec["fish_in_boxes"])
@@ -326,11 +355,50 @@ def extent_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     out["length_matched"] = float(len(in_range))
     out["length_in_range"] = float(np.mean(in_range)) if in_range else math.nan
     out["length_error_median"] = _median(length_err)
+    out.update(_by_size(np.asarray(best_iou), np.asarray(long_sides), np.asarray(size_ratio)))
     resized = [
         {**rec, "pred_boxes": true_size_boxes(*_arrays(rec)[::2]).tolist()} for rec in records
     ]
     out["ap50_true_size"] = pooled_ap(resized, 0.5)
     return out
+
+
+def _by_size(best_iou: np.ndarray, long_side: np.ndarray, ratio: np.ndarray) -> dict[str, float]:
+    """The by-size figures of the module docstring from per-true-box arrays."""
+    out: dict[str, float] = {}
+    for name, lo, hi in SIZE_CLASSES:
+        m = (long_side >= lo) & (long_side < hi)
+        n = int(m.sum())
+        found = m & (best_iou >= MISSED_IOU)
+        out[f"{name}_boxes"] = float(n)
+        out[f"{name}_best_iou_share50"] = float(np.mean(best_iou[m] >= 0.5)) if n else math.nan
+        out[f"{name}_missed"] = float(np.mean(best_iou[m] < MISSED_IOU)) if n else math.nan
+        out[f"{name}_size_ratio_median"] = _median(ratio[found].tolist())
+    return out
+
+
+def size_table(result: Mapping[str, Any]) -> list[str]:
+    """Markdown lines of the by-size figures (module docstring) of ``result``: a caption and a
+    table with a row per :data:`SIZE_CLASSES` class."""
+
+    def fmt(v: Any, digits: int = 3) -> str:
+        return "-" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+    lines = [
+        "By fish size (where AP50 is lost: AP50 <= the share of true boxes with best IoU >= 0.5):",
+        "",
+        "| fish (true box long side, px) | boxes | best IoU >= 0.5 | missed (best IoU < 0.1) "
+        "| instance long side / true long side (median, not missed) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, lo, hi in SIZE_CLASSES:
+        span = f"{lo:g}-{hi:g}" if math.isfinite(hi) else f">= {lo:g}"
+        lines.append(
+            f"| {name} ({span}) | {fmt(result.get(f'{name}_boxes'), 0)} "
+            f"| {fmt(result.get(f'{name}_best_iou_share50'))} | {fmt(result.get(f'{name}_missed'))} "
+            f"| {fmt(result.get(f'{name}_size_ratio_median'), 2)} |"
+        )
+    return lines
 
 
 # The figures of a report, in order, with what each one is (``evaluate.py`` and
@@ -439,6 +507,7 @@ __all__: Sequence[str] = (
     "EXTENT_FIGURES",
     "IMAGE_COLUMNS",
     "IOU_THRESHOLDS_50_95",
+    "SIZE_CLASSES",
     "assign_image",
     "average_precision",
     "box_detection_metrics",
@@ -454,5 +523,6 @@ __all__: Sequence[str] = (
     "instance_confidence",
     "mean_per_instance",
     "pooled_ap",
+    "size_table",
     "true_size_boxes",
 )

@@ -128,7 +128,7 @@ def render_report(result: Mapping[str, Any], *, meta: Mapping[str, Any]) -> str:
         if k in result:
             lines.append(f"| {k} | {_fmt(result[k])} |")
     if "ap50" in result:
-        from alcfcn_jax.eval.instances import figure_table
+        from alcfcn_jax.eval.instances import figure_table, size_table
 
         lines += [
             "",
@@ -141,6 +141,8 @@ def render_report(result: Mapping[str, Any], *, meta: Mapping[str, Any]) -> str:
             "figure).",
             "",
             *figure_table(result),
+            "",
+            *size_table(result),
         ]
     if meta.get("dataset") == "deepfish":
         lines += [
