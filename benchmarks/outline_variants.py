@@ -21,7 +21,8 @@ variants); every variant turns the fish probability into instances, cut by the w
   * ``flip_grabcut``, ``scales_grabcut``, ``pamr_grabcut``: the two combined.
 
 "instances MAE" is the mean |instances - true count| per image. Results:
-``benchmarks/results/outline_variants.json`` and a markdown table.
+``benchmarks/results/outline_variants.json`` (or ``--output``; with each variant's figures by
+fish size, ``eval.instances.SIZE_CLASSES``) and a markdown table.
 """
 
 from __future__ import annotations
@@ -157,6 +158,9 @@ def run(workdir: str, data_dir: str, split: str, limit: int, variants: list[str]
     for v in variants:
         m = inst.extent_metrics(records[v])
         rows[v] = {k: float(m[k]) for k in KEYS}
+        rows[v]["by_size"] = {
+            k: float(m[k]) for k in m if k.startswith(tuple(c[0] + "_" for c in inst.SIZE_CLASSES))
+        }
         rows[v]["instances_mae"] = float(np.mean(count_errors[v]))
         rows[v]["seconds"] = seconds[v]
     return {
@@ -188,11 +192,18 @@ def main() -> None:
     parser.add_argument("--split", default="val")
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--output",
+        default="",
+        help="results file name in benchmarks/results (default outline_variants[_<limit>].json)",
+    )
     args = parser.parse_args()
     variants = variant_list(parser, args.variants, VARIANTS)
     result = run(args.workdir, args.data_dir, args.split, args.limit, variants)
     RESULTS.mkdir(exist_ok=True)
-    name = "outline_variants.json" if not args.limit else f"outline_variants_{args.limit}.json"
+    name = args.output or (
+        "outline_variants.json" if not args.limit else f"outline_variants_{args.limit}.json"
+    )
     (RESULTS / name).write_text(json.dumps(result, indent=1) + "\n")
     print(table(result))
 
