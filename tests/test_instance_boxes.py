@@ -159,10 +159,11 @@ def test_instance_confidence_is_the_mean_of_its_confident_pixels():
 
 
 def test_figures_by_fish_size_worked_by_hand():
-    # Three true boxes in one 100x200 map: a small fish (10 px long), a medium one (40 px) and a
-    # large one (80 px). The small fish gets an instance twice its size (IoU 0.25: found, not at
-    # 0.5), the medium one an instance of half its length (IoU 0.5), the large one none.
-    lab = np.zeros((100, 200), np.int32)
+    # Three true boxes in one 320x400 map (classes at 1/16 and 1/4 of the short side: 20 and 80
+    # pixels): a small fish (10 px long), a medium one (40 px) and a large one (80 px). The small
+    # fish gets an instance twice its size (IoU 0.25: found, not at 0.5), the medium one an
+    # instance of half its length (IoU 0.5), the large one none.
+    lab = np.zeros((320, 400), np.int32)
     lab[0:10, 0:20] = 1  # holds the small box (0,0)-(10,5)
     lab[50:60, 40:60] = 2  # medium box x 40-80, y 50-60: instance 20x10 in 40x10: IoU 0.5
     true = np.array([[0, 0, 10, 5.0], [40, 50, 80, 60], [100, 0, 180, 40]])
@@ -179,13 +180,19 @@ def test_figures_by_fish_size_worked_by_hand():
     # AP50 is bounded by the share of boxes with a best IoU >= 0.5.
     assert m["ap50"] <= m["best_iou_share50"] == pytest.approx(1 / 3)
     table = inst.size_table(m)
-    assert "| small (0-20) | 1 | 0.000 | 0.000 | 2.00 |" in table
-    assert "| large (>= 70) | 1 | 0.000 | 1.000 | - |" in table
+    assert "| small (< 1/16) | 1 | 0.000 | 0.000 | 2.00 |" in table
+    assert "| large (>= 1/4) | 1 | 0.000 | 1.000 | - |" in table
+    # The classes follow the map's resolution: the same scene at twice the size, same figures.
+    big = np.kron(lab, np.ones((2, 2), np.int32))
+    m2 = inst.extent_metrics([inst.image_record(big, big > 0, true * 2)])
+    for name in ("small", "medium", "large"):
+        assert m2[f"{name}_boxes"] == 1
+        assert m2[f"{name}_best_iou_share50"] == m[f"{name}_best_iou_share50"]
 
 
 def test_figures_by_fish_size_without_boxes_of_a_class():
-    lab = np.zeros((20, 20), np.int32)
+    lab = np.zeros((80, 80), np.int32)
     m = inst.extent_metrics([inst.image_record(lab, lab * 0.0, np.array([[0, 0, 4, 4.0]]))])
     assert m["small_boxes"] == 1 and m["small_missed"] == 1.0
     assert m["medium_boxes"] == 0 and math.isnan(m["medium_best_iou_share50"])
-    assert "| medium (20-70) | 0 | - | - | - |" in inst.size_table(m)
+    assert "| medium (1/16 - 1/4) | 0 | - | - | - |" in inst.size_table(m)

@@ -35,8 +35,9 @@ Definitions (one split, every image pooled):
   * ``ap50_true_size`` (a diagnostic, never a method): the AP50 when every instance box is
     replaced by the size of the true box nearest to its centre, centred where the instance is:
     the AP that today's localisation reaches with perfect sizes;
-  * by fish size (:data:`SIZE_CLASSES`: the true box's long side in the map's pixels, ``small``
-    under 20, ``medium`` 20 to 70, ``large`` 70 or more; about a quarter, three fifths and a
+  * by fish size (:data:`SIZE_CLASSES`: the true box's long side over the map's short side, so
+    that maps of any resolution are comparable: ``small`` under 1/16 (19 pixels at short side
+    304), ``medium`` 1/16 to 1/4, ``large`` 1/4 or more; about a quarter, three fifths and a
     sixth of the validation boxes of the real frames), per true box of the class:
     ``{size}_boxes`` (how many), ``{size}_best_iou_share50`` (share whose best instance box has
     IoU >= 0.5), ``{size}_missed`` (share whose best IoU is under 0.1: no instance on the fish)
@@ -208,11 +209,12 @@ def box_detection_metrics(
 
 IOU_THRESHOLDS_50_95 = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
 
-# Fish size classes of the by-size figures: (name, least long side, long side below), map pixels.
-SIZE_CLASSES: tuple[tuple[str, float, float], ...] = (
-    ("small", 0.0, 20.0),
-    ("medium", 20.0, 70.0),
-    ("large", 70.0, math.inf),
+# Fish size classes of the by-size figures: (name, label, least, below), in true box long side
+# over the map's short side.
+SIZE_CLASSES: tuple[tuple[str, str, float, float], ...] = (
+    ("small", "< 1/16", 0.0, 1 / 16),
+    ("medium", "1/16 - 1/4", 1 / 16, 1 / 4),
+    ("large", ">= 1/4", 1 / 4, math.inf),
 )
 MISSED_IOU = 0.1
 
@@ -236,7 +238,7 @@ def image_record(labels: np.ndarray, prob: np.ndarray, true_boxes: np.ndarray) -
 
     Returns:
       ``pred_boxes`` (n,4), ``scores`` (n,), ``lengths`` (n,: ``eval.measure.instance_lengths``),
-      ``true_boxes`` (M,4), ``coverage`` (M,: share of the box's pixels that are fish, None for a
+      ``true_boxes`` (M,4), ``shape`` ([H, W]), ``coverage`` (M,: share of the box's pixels that are fish, None for a
       box holding no pixel centre), ``fish_pixels`` and ``fish_in_boxes`` (fish pixels, and those
       inside some true box).
     """
@@ -257,6 +259,7 @@ def image_record(labels: np.ndarray, prob: np.ndarray, true_boxes: np.ndarray) -
         "scores": instance_confidence(labels, prob).tolist(),
         "lengths": instance_lengths(labels).tolist(),
         "true_boxes": true_boxes.tolist(),
+        "shape": [int(v) for v in fish.shape],
         "coverage": coverage,
         "fish_pixels": int(fish.sum()),
         "fish_in_boxes": int((fish & in_boxes).sum()),
@@ -328,7 +331,7 @@ def extent_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         iou = box_iou(pred, true)
         best_iou.extend(iou.max(axis=0).tolist() if len(pred) else [0.0] * len(true))
         true_long = np.maximum(true[:, 2] - true[:, 0], true[:, 3] - true[:, 1])
-        long_sides.extend(true_long.tolist())
+        long_sides.extend((true_long / min(rec["shape"])).tolist())
         if len(pred):
             best = pred[iou.argmax(axis=0)]
             pred_long = np.maximum(best[:, 2] - best[:, 0], best[:, 3] - best[:, 1])
@@ -366,7 +369,7 @@ def extent_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 def _by_size(best_iou: np.ndarray, long_side: np.ndarray, ratio: np.ndarray) -> dict[str, float]:
     """The by-size figures of the module docstring from per-true-box arrays."""
     out: dict[str, float] = {}
-    for name, lo, hi in SIZE_CLASSES:
+    for name, _, lo, hi in SIZE_CLASSES:
         m = (long_side >= lo) & (long_side < hi)
         n = int(m.sum())
         found = m & (best_iou >= MISSED_IOU)
@@ -387,12 +390,11 @@ def size_table(result: Mapping[str, Any]) -> list[str]:
     lines = [
         "By fish size (where AP50 is lost: AP50 <= the share of true boxes with best IoU >= 0.5):",
         "",
-        "| fish (true box long side, px) | boxes | best IoU >= 0.5 | missed (best IoU < 0.1) "
+        "| fish (true box long side / image short side) | boxes | best IoU >= 0.5 | missed (best IoU < 0.1) "
         "| instance long side / true long side (median, not missed) |",
         "|---|---|---|---|---|",
     ]
-    for name, lo, hi in SIZE_CLASSES:
-        span = f"{lo:g}-{hi:g}" if math.isfinite(hi) else f">= {lo:g}"
+    for name, span, _, _ in SIZE_CLASSES:
         lines.append(
             f"| {name} ({span}) | {fmt(result.get(f'{name}_boxes'), 0)} "
             f"| {fmt(result.get(f'{name}_best_iou_share50'))} | {fmt(result.get(f'{name}_missed'))} "
