@@ -158,9 +158,7 @@ def run(workdir: str, data_dir: str, split: str, limit: int, variants: list[str]
     for v in variants:
         m = inst.extent_metrics(records[v])
         rows[v] = {k: float(m[k]) for k in KEYS}
-        rows[v]["by_size"] = {
-            k: float(m[k]) for k in m if k.startswith(tuple(c[0] + "_" for c in inst.SIZE_CLASSES))
-        }
+        rows[v]["by_size"] = {k: float(m[k]) for k in inst.SIZE_KEYS}
         rows[v]["instances_mae"] = float(np.mean(count_errors[v]))
         rows[v]["seconds"] = seconds[v]
     return {

@@ -217,6 +217,12 @@ SIZE_CLASSES: tuple[tuple[str, str, float, float], ...] = (
     ("large", ">= 1/4", 1 / 4, math.inf),
 )
 MISSED_IOU = 0.1
+# The by-size keys of ``extent_metrics`` (module docstring), class by class.
+SIZE_KEYS: tuple[str, ...] = tuple(
+    f"{name}_{figure}"
+    for name, *_ in SIZE_CLASSES
+    for figure in ("boxes", "best_iou_share50", "missed", "size_ratio_median")
+)
 
 
 def box_pixels(box: Sequence[float], shape: tuple[int, int]) -> tuple[slice, slice]:
@@ -238,8 +244,8 @@ def image_record(labels: np.ndarray, prob: np.ndarray, true_boxes: np.ndarray) -
 
     Returns:
       ``pred_boxes`` (n,4), ``scores`` (n,), ``lengths`` (n,: ``eval.measure.instance_lengths``),
-      ``true_boxes`` (M,4), ``shape`` ([H, W]), ``coverage`` (M,: share of the box's pixels that are fish, None for a
-      box holding no pixel centre), ``fish_pixels`` and ``fish_in_boxes`` (fish pixels, and those
+      ``true_boxes`` (M,4), ``shape`` ([H, W]), ``coverage`` (M,: share of the box's pixels that
+      are fish, None for a box holding no pixel centre), ``fish_pixels`` and ``fish_in_boxes`` (fish pixels, and those
       inside some true box).
     """
     from alcfcn_jax.eval.measure import instance_lengths
@@ -330,13 +336,12 @@ def extent_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         pred, scores, true = _arrays(rec)
         iou = box_iou(pred, true)
         best_iou.extend(iou.max(axis=0).tolist() if len(pred) else [0.0] * len(true))
-        true_long = np.maximum(true[:, 2] - true[:, 0], true[:, 3] - true[:, 1])
+        true_long = _long_sides(true)
         long_sides.extend((true_long / min(rec["shape"])).tolist())
         if len(pred):
-            best = pred[iou.argmax(axis=0)]
-            pred_long = np.maximum(best[:, 2] - best[:, 0], best[:, 3] - best[:, 1])
             with np.errstate(invalid="ignore", divide="ignore"):
-                size_ratio.extend((pred_long / true_long).tolist())
+                ratio = _long_sides(pred[iou.argmax(axis=0)]) / true_long
+            size_ratio.extend(ratio.tolist())
         else:
             size_ratio.extend([math.nan] * len(true))
         coverage.extend(c for c in rec["coverage"] if c is not None)
@@ -366,6 +371,16 @@ def extent_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return out
 
 
+def _long_sides(boxes: np.ndarray) -> np.ndarray:
+    """(n,) long side (the larger of width and height) of (n,4) boxes ``x0, y0, x1, y1``."""
+    return np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    """A figure in a report table: ``-`` when undefined (None or NaN)."""
+    return "-" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
 def _by_size(best_iou: np.ndarray, long_side: np.ndarray, ratio: np.ndarray) -> dict[str, float]:
     """The by-size figures of the module docstring from per-true-box arrays."""
     out: dict[str, float] = {}
@@ -383,10 +398,6 @@ def _by_size(best_iou: np.ndarray, long_side: np.ndarray, ratio: np.ndarray) -> 
 def size_table(result: Mapping[str, Any]) -> list[str]:
     """Markdown lines of the by-size figures (module docstring) of ``result``: a caption and a
     table with a row per :data:`SIZE_CLASSES` class."""
-
-    def fmt(v: Any, digits: int = 3) -> str:
-        return "-" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
-
     lines = [
         "By fish size (where AP50 is lost: AP50 <= the share of true boxes with best IoU >= 0.5):",
         "",
@@ -396,9 +407,10 @@ def size_table(result: Mapping[str, Any]) -> list[str]:
     ]
     for name, span, _, _ in SIZE_CLASSES:
         lines.append(
-            f"| {name} ({span}) | {fmt(result.get(f'{name}_boxes'), 0)} "
-            f"| {fmt(result.get(f'{name}_best_iou_share50'))} | {fmt(result.get(f'{name}_missed'))} "
-            f"| {fmt(result.get(f'{name}_size_ratio_median'), 2)} |"
+            f"| {name} ({span}) | {_fmt(result.get(f'{name}_boxes'), 0)} "
+            f"| {_fmt(result.get(f'{name}_best_iou_share50'))} "
+            f"| {_fmt(result.get(f'{name}_missed'))} "
+            f"| {_fmt(result.get(f'{name}_size_ratio_median'), 2)} |"
         )
     return lines
 
@@ -451,12 +463,8 @@ def image_row(record: Mapping[str, Any]) -> dict[str, float | int]:
 
 def figure_table(result: Mapping[str, Any]) -> list[str]:
     """Markdown table lines (``| figure | value | meaning |``) of :data:`EXTENT_FIGURES`."""
-
-    def fmt(v: Any) -> str:
-        return "-" if v is None or not np.isfinite(v) else f"{v:.3f}"
-
     lines = ["| figure | value | meaning |", "|---|---|---|"]
-    lines += [f"| {k} | {fmt(result.get(k))} | {text} |" for k, text in EXTENT_FIGURES]
+    lines += [f"| {k} | {_fmt(result.get(k))} | {text} |" for k, text in EXTENT_FIGURES]
     return lines
 
 
@@ -510,6 +518,7 @@ __all__: Sequence[str] = (
     "IMAGE_COLUMNS",
     "IOU_THRESHOLDS_50_95",
     "SIZE_CLASSES",
+    "SIZE_KEYS",
     "assign_image",
     "average_precision",
     "box_detection_metrics",
