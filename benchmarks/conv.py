@@ -1,10 +1,11 @@
 """Convolution forward + backward: XLA's own gradient vs ``ops/conv.py`` (kernel gradient by taps).
 
-``python -m benchmarks.conv [--repeats 3]`` prints JSON; ``run()`` returns the same dict. For the
-distinct convolution shapes of ResNet-38d at 256x455 (stride-8 grid 32x57) it times one jitted
-forward + backward (gradients w.r.t. input and kernel) with ``set_conv_impl("xla")`` and with
-``set_conv_impl("taps")``, and reports GFLOP/s (3 x the forward's 2*Ho*Wo*k*k*Cin*Cout) and the
-speed-up. Never part of the test suite.
+``python -m benchmarks.conv [--repeats 3]`` prints JSON; ``run()`` returns the same dict
+(``benchmarks/results/conv_cpu.json`` holds the last run). For the distinct convolution shapes of
+ResNet-38d at 256x455 (stride-8 grid 32x57) and of the frames decoder it times one jitted forward +
+backward (gradients w.r.t. input and kernel) with ``set_conv_impl("xla")`` and with
+``set_conv_impl("taps")``, and reports GFLOP/s (3 x the forward's 2*N*Ho*Wo*k*k*Cin*Cout) and the
+speed-up of the taps. Never part of the test suite.
 """
 
 from __future__ import annotations
@@ -19,26 +20,36 @@ import numpy as np
 from alcfcn_jax.ops import conv as conv_ops
 from benchmarks.common import host_info, print_json, time_jitted
 
-# (name, Cin, Cout, kernel, stride, dilation, input H, input W): ResNet-38d at 256x455.
+# (name, Cin, Cout, kernel, stride, dilation, input H, input W, batch): ResNet-38d at 256x455
+# (batch 1, as the reference trains), then the frames decoder's convolutions on the stride-8 grid
+# of a batch of 8 at 304x541 (the 3x3 ones at widths 64-192 place ``ops.conv.SMALL_KXK_PAIRS``).
 SHAPES = (
-    ("b3_conv_branch2a", 128, 256, 3, 2, 1, 128, 228),
-    ("b3_1_conv_3x3", 256, 256, 3, 1, 1, 64, 114),
-    ("b4_1_conv_3x3", 512, 512, 3, 1, 1, 32, 57),
-    ("b5_1_conv_3x3_d2", 512, 1024, 3, 1, 2, 32, 57),
-    ("b7_conv_branch2b1_d4", 1024, 2048, 3, 1, 4, 32, 57),
-    ("b7_conv_branch1_1x1", 2048, 4096, 1, 1, 1, 32, 57),
+    ("conv1a", 3, 64, 3, 1, 1, 256, 455, 1),
+    ("b2_conv_branch2a", 64, 128, 3, 2, 1, 256, 455, 1),
+    ("b2_1_conv_3x3", 128, 128, 3, 1, 1, 128, 228, 1),
+    ("b3_conv_branch2a", 128, 256, 3, 2, 1, 128, 228, 1),
+    ("b3_1_conv_3x3", 256, 256, 3, 1, 1, 64, 114, 1),
+    ("b4_1_conv_3x3", 512, 512, 3, 1, 1, 32, 57, 1),
+    ("b5_1_conv_3x3_d2", 512, 1024, 3, 1, 2, 32, 57, 1),
+    ("b7_conv_branch2b1_d4", 1024, 2048, 3, 1, 4, 32, 57, 1),
+    ("b7_conv_branch1_1x1", 2048, 4096, 1, 1, 1, 32, 57, 1),
+    ("decoder_fuse_1x1", 288, 96, 1, 1, 1, 40, 68, 8),
+    ("decoder_conv_3x3_w64", 64, 64, 3, 1, 1, 40, 68, 8),
+    ("decoder_conv_3x3_w96", 96, 96, 3, 1, 1, 40, 68, 8),
+    ("decoder_conv_3x3_w128", 128, 128, 3, 1, 1, 40, 68, 8),
+    ("decoder_conv_3x3_w192", 192, 192, 3, 1, 1, 40, 68, 8),
 )
 
 
-def _one(cin: int, cout: int, k: int, s: int, d: int, h: int, w: int, repeats: int) -> dict:
+def _one(cin: int, cout: int, k: int, s: int, d: int, h: int, w: int, n: int, repeats: int) -> dict:
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(1, h, w, cin)), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(n, h, w, cin)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(k, k, cin, cout)) * 0.01, jnp.float32)
     pad = d * (k // 2)
     padding = ((pad, pad), (pad, pad))
     ho = (h + 2 * pad - d * (k - 1) - 1) // s + 1
     wo = (w + 2 * pad - d * (k - 1) - 1) // s + 1
-    flops = 3 * 2 * ho * wo * k * k * cin * cout
+    flops = 3 * 2 * n * ho * wo * k * k * cin * cout
 
     def loss(xx, kk):
         y = conv_ops.conv_general_dilated(
@@ -62,8 +73,8 @@ def _one(cin: int, cout: int, k: int, s: int, d: int, h: int, w: int, repeats: i
 def run(repeats: int = 3) -> dict[str, Any]:
     """Times every shape in ``SHAPES`` with both implementations; returns a JSON-able dict."""
     result: dict[str, Any] = {"benchmark": "conv", **host_info(), "shapes": {}}
-    for name, cin, cout, k, s, d, h, w in SHAPES:
-        result["shapes"][name] = _one(cin, cout, k, s, d, h, w, repeats)
+    for name, cin, cout, k, s, d, h, w, n in SHAPES:
+        result["shapes"][name] = _one(cin, cout, k, s, d, h, w, n, repeats)
     return result
 
 

@@ -73,7 +73,7 @@ def _frames(batch: int):
     return np.stack(images).astype(np.float32), np.stack(points)
 
 
-def run(batch: int, repeats: int, preset: str) -> dict:
+def run(batch: int, repeats: int, preset: str, loss_splits: int | None = None) -> dict:
     from flax import nnx
 
     import configs.frames
@@ -115,9 +115,16 @@ def run(batch: int, repeats: int, preset: str) -> dict:
         out["data_s"] = (time.perf_counter() - t0) / repeats
         dev_batch = to_device()
 
-        step = train_step.make_train_step(
-            graphs, mesh, **loop.train_step_kwargs(config, int(config.train.num_steps))
+        if loss_splits is not None:
+            config.train.loss_splits = loss_splits
+        kwargs = loop.train_step_kwargs(
+            config,
+            int(config.train.num_steps),
+            model=model,
+            per_device_batch=batch // mesh.devices.size,
         )
+        out["loss_splits"] = kwargs["loss_splits"]
+        step = train_step.make_train_step(graphs, mesh, **kwargs)
         cost = step.lower(state, dev_batch).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         out["step_gflop"] = float(cost.get("flops", float("nan"))) / 1e9
@@ -182,8 +189,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--preset", default="alcfcn_ref")
+    parser.add_argument(
+        "--loss_splits", type=int, default=None, help="override train.loss_splits (0 = auto)"
+    )
     args = parser.parse_args()
-    result = run(args.batch, args.repeats, args.preset)
+    result = run(args.batch, args.repeats, args.preset, args.loss_splits)
     RESULTS.mkdir(exist_ok=True)
     device = jax.devices()[0].platform
     (RESULTS / f"step_profile_{device}.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -174,3 +174,22 @@ def test_model_convs_use_it_and_sharded_gradients_match(taps):
         xs = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
         got = jax.jit(jax.grad(loss), static_argnums=2)(kernel, xs, _ours)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_keeps_xla_gradient_for_narrow_kxk_kernels():
+    """Under "auto" on CPU: narrow kxk kernels (Cin * Cout < SMALL_KXK_PAIRS) stay plain lax
+    convolutions (XLA's gradient is faster there), wide ones and every 1x1 take the taps."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the taps are a CPU path")
+    assert conv_ops.set_conv_impl("auto") == "auto"
+    x = jnp.zeros((1, 6, 7, 96), jnp.float32)
+
+    def path(kh, cin, cout):
+        k = jnp.zeros((kh, kh, cin, cout), jnp.float32)
+        fn = lambda xx: _ours(xx[..., :cin], k, 1, 1, "SAME")  # noqa: E731
+        return "taps" if "custom_vjp_call" in str(jax.make_jaxpr(fn)(x)) else "lax"
+
+    assert path(3, 96, 96) == "lax"  # the decoder's 3x3 convolutions
+    assert path(3, 96, 384) == "taps"  # 36,864 pairs >= SMALL_KXK_PAIRS
+    assert path(1, 96, 96) == "taps"  # 1x1: a matrix product either way
+    assert 96 * 96 < conv_ops.SMALL_KXK_PAIRS <= 96 * 384

@@ -308,3 +308,74 @@ def test_cosine_schedule_and_the_reported_lr():
         sizes.append(float(jnp.abs(upd["w"]).max()))
     np.testing.assert_allclose(sizes[0], config.optim.lr, rtol=1e-4)
     np.testing.assert_allclose(sizes[5], config.optim.lr / 2, rtol=1e-3)
+
+
+def _split_config():
+    """The smoke config with the decoder head (no dropout there)."""
+    config = _config()
+    config.model.cam_head = "decoder"
+    return config
+
+
+def _model(config, *, dropout: bool = True):
+    """The config's model; ``dropout=False`` switches the tiny trunk's Dropout2d(0.3) off, so
+    nothing random depends on the batch a forward sees."""
+    model = train_state.build_model_from_config(config)
+    if not dropout:
+        model.trunk.dropout.rate = 0.0
+    return model
+
+
+def test_split_parts_keep_every_image_on_its_device():
+    x = jnp.arange(16)
+    parts = train_step.split_parts({"x": x}, 2, 4)
+    # Device d holds images 4d..4d+3; part j takes images 4d + j and 4d + 2 + j.
+    np.testing.assert_array_equal(parts[0]["x"], [0, 2, 4, 6, 8, 10, 12, 14])
+    np.testing.assert_array_equal(parts[1]["x"], [1, 3, 5, 7, 9, 11, 13, 15])
+    assert train_step.split_parts({"x": x}, 1, 4)[0]["x"] is x
+    with pytest.raises(ValueError, match="loss_splits=3 does not divide"):
+        train_step.split_parts({"x": x}, 3, 4)
+
+
+def test_auto_loss_splits_only_where_nothing_random_depends_on_the_batch():
+    decoder = _model(_split_config(), dropout=False)
+    auto = train_step.auto_loss_splits
+    assert jax.default_backend() == "cpu"
+    assert auto(decoder, "lcfcn", 8) == train_step.AUTO_LOSS_SPLITS == 4
+    assert auto(decoder, "lcfcn", 6) == 3 and auto(decoder, "lcfcn", 1) == 1
+    assert auto(decoder, "lcfcn", 8, embedding=True) == 1
+    assert auto(decoder, "cross_entropy", 8) == 1  # no host callback to overlap
+    # Dropout draws its masks for the batch a forward sees: the trunk's, or fc8's Dropout2d(0.5).
+    assert auto(_model(_split_config()), "lcfcn", 8) == 1
+    assert auto(_model(_config(), dropout=False), "lcfcn", 8) == 1
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_loss_splits_give_the_same_step(devices):
+    """The loss in parts of each device's batch (8 parts of 2 images on one device, 2 parts of
+    1 image on each of 8): the same losses and update to float32 rounding."""
+    config, mesh = _split_config(), shd.make_mesh(devices)
+    batch = _batch(n=16)
+    with jax.set_mesh(mesh):
+        graphs, _ = train_state.create_train_state(
+            config, mesh, model=_model(config, dropout=False)
+        )
+        out = {}
+        for splits in (1, 8 if devices == 1 else 2):
+            fn = train_step.make_train_step(
+                graphs,
+                mesh,
+                loss_name="lcfcn",
+                learning_rate=config.optim.lr,
+                loss_splits=splits,
+            )
+            fresh = train_state.create_train_state(
+                config, mesh, model=_model(config, dropout=False)
+            )[1]
+            out[splits] = jax.device_get(fn(fresh, shd.to_global(batch, mesh)))
+    (s1, m1), (sk, mk) = out.values()
+    assert m1["loss"] > 0 and m1["skipped"] == 0
+    for k in m1:
+        np.testing.assert_allclose(mk[k], m1[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    for a, b in zip(_leaves(sk, nnx.Param), _leaves(s1, nnx.Param)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

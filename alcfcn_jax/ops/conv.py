@@ -1,10 +1,10 @@
 """A drop-in ``lax.conv_general_dilated`` whose gradients are fast on XLA:CPU.
 
-Measured on the 2-core CPU (``benchmarks/conv.py``): XLA:CPU computes the *kernel* gradient of a
-convolution at 10-60 GFLOP/s (a 1x1 2048->4096 conv at the stride-8 grid of a 256x455 image: 9.7
-GFLOP/s), while the forward pass and the input gradient run at 80-160 GFLOP/s and a plain matrix
-product at ~130. The kernel gradient is a sum over pixels of outer products, so it can be written
-as one matrix product per kernel tap::
+Measured on the 2-core CPU (``python -m benchmarks.conv``): XLA:CPU computes the *kernel* gradient
+of a 1x1 convolution far below its matrix-product speed (a 1x1 2048->4096 conv at the stride-8
+grid of a 256x455 image, forward + backward: 91 GFLOP/s against 400 written as below), and that of
+ResNet-38d's wide 3x3 convolutions 1.1-1.5x slower. The kernel gradient is a sum over pixels of
+outer products, so it can be written as one matrix product per kernel tap::
 
     dK[i, j] = sum_{n,h,w} x_pad[n, h*s + i*d, w*s + j*d, :]^T  g[n, h, w, :]
 
@@ -12,11 +12,23 @@ This module computes it that way (``kernel_grad_by_taps``) and leaves the input 
 A 1x1 convolution is a matrix product outright, so its forward pass is written as one. Same
 mathematics, same numbers up to float32 summation order.
 
+The taps cost one copy of the input window per tap, which does not pay on narrow kxk kernels: on
+the decoder's 3x3 convolutions (64-128 channels on the stride-8 grid of a batch of 8) XLA's own
+gradient is 1.2-1.5x faster. So under ``"auto"`` a kxk kernel (k > 1) with fewer than
+``SMALL_KXK_PAIRS`` channel pairs (Cin * Cout) keeps XLA's convolution and its gradient.
+
 Depthwise convolutions (one group per channel, as in EfficientNet's MBConv blocks) are worse still
 on XLA:CPU: 2-5 GFLOP/s forward. ``depthwise_by_shifts`` writes them as a sum over the kh*kw
 kernel taps of a strided window of the input times that tap's per-channel weights, which XLA fuses
 into one elementwise loop: 7-20x faster forward and 4-10x faster forward + backward on the shapes
 of EfficientNet-Lite0 at 224x384 to 320x544 (``python -m benchmarks.conv``).
+
+With XLA:CPU's current convolution kernels the kernel gradient by taps pays only for 1x1
+convolutions and wide kxk ones: on the decoder's 3x3 convolutions (64-128 channels, and 288 -> 96)
+XLA's own gradient is 1.2-1.5x faster, on ResNet-38d's 3x3 ones (256-2048 channels) the taps are
+1.1-1.5x faster (``python /work/...`` is not needed: ``python -m benchmarks.conv`` and the table in
+docs/results.md). So kxk kernels with fewer than ``SMALL_KXK_PAIRS`` (Cin * Cout) channel pairs keep
+XLA's convolution and its gradient (``"auto"`` only; ``"taps"`` forces the taps everywhere).
 
 Only XLA:CPU benefits; on GPU/TPU (cuDNN, the TPU convolution unit) the plain convolution is used
 unchanged. ``conv_general_dilated`` picks the path at trace time from ``jax.default_backend()``;
@@ -35,6 +47,11 @@ from jax import lax
 __all__ = ["conv_general_dilated", "depthwise_by_shifts", "kernel_grad_by_taps", "set_conv_impl"]
 
 _IMPL = "auto"  # "auto" (taps on CPU only), "taps" (always), "xla" (never)
+
+# Under "auto", kxk (k > 1) kernels with fewer channel pairs Cin * Cout than this keep XLA's own
+# convolution gradient (faster there: module docstring). 3x3 128 -> 128 (16,384 pairs) and
+# 288 -> 96 (27,648) measured faster with XLA's, 192 -> 192 (36,864) with the taps.
+SMALL_KXK_PAIRS = 32768
 
 
 def set_conv_impl(impl: str) -> str:
@@ -230,7 +247,13 @@ def conv_general_dilated(
         and feature_group_count == lhs.shape[-1] == rhs.shape[-1]
         and rhs.shape[2] == 1
     )
-    if not (plain and (feature_group_count == 1 or depthwise)):
+    small_kxk = (
+        _IMPL == "auto"
+        and feature_group_count == 1
+        and rhs.shape[0] * rhs.shape[1] > 1
+        and rhs.shape[2] * rhs.shape[3] < SMALL_KXK_PAIRS
+    )
+    if small_kxk or not (plain and (feature_group_count == 1 or depthwise)):
         return lax.conv_general_dilated(
             lhs,
             rhs,

@@ -147,6 +147,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for key in ("log_every", "eval_every", "checkpoint_every"):
         _int(config, f"train.{key}", minimum=1)
     _int(config, "train.keep_checkpoints", minimum=1)
+    _int(config, "train.loss_splits", minimum=0)
     _choice(config, "train.tensorboard", ("auto", "on", "off"))
     _choice(config, "train.select_metric", SELECT_METRICS)
     if "budget" in config:

@@ -96,6 +96,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "feature_cache_dir": "",
     "feature_cache_dtype": "float16",
     "feature_cache_memory_mb": 256,
+    # Compute the forward and the LCFCN loss in this many parts of every device's batch, so the
+    # host callback of one part overlaps the device work of another (train/step.py); 0 = auto
+    # (4 on the CPU backend without dropout or embedding term, else 1).
+    "loss_splits": 0,
     # A-LCFCN: train the activation logits without the random walk for this many steps first
     # (0 = the reference: the walk from the first step).
     "walk_warmup_steps": 0,

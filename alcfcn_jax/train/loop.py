@@ -41,21 +41,40 @@ from alcfcn_jax.train.state import (
     restore_state,
     save_state,
 )
-from alcfcn_jax.train.step import make_train_step, prepare_batch
+from alcfcn_jax.train.step import auto_loss_splits, make_train_step, prepare_batch
 
 FINAL_FILE = "final.json"
 
 
-def train_step_kwargs(config: ml_collections.ConfigDict, num_steps: int) -> dict[str, Any]:
+def train_step_kwargs(
+    config: ml_collections.ConfigDict,
+    num_steps: int,
+    *,
+    model: nnx.Module | None = None,
+    per_device_batch: int = 1,
+) -> dict[str, Any]:
     """What ``make_train_step`` takes besides the graphs and the mesh, from a resolved config:
-    the loss, the learning-rate schedule over ``num_steps``, and the affinity and embedding
-    losses (the training loop and the step benchmarks build their step from it)."""
+    the loss, the learning-rate schedule over ``num_steps``, the affinity and embedding losses
+    and the loss splits (``train.loss_splits``; 0 = :func:`auto_loss_splits` for ``model`` and
+    ``per_device_batch``, 1 without a model). The training loop and the step benchmarks build
+    their step from it."""
+    embedding = embedding_loss_from_config(config)
+    splits = int(config.train.get("loss_splits", 0))
+    if splits == 0:
+        splits = (
+            1
+            if model is None
+            else auto_loss_splits(
+                model, config.loss.name, per_device_batch, embedding=embedding is not None
+            )
+        )
     return dict(
         loss_name=config.loss.name,
         learning_rate=learning_rate_schedule(config.optim, num_steps),
         skip_zero_loss=bool(config.train.skip_zero_loss),
         affinity=affinity_loss_from_config(config),
-        embedding=embedding_loss_from_config(config),
+        embedding=embedding,
+        loss_splits=splits,
     )
 
 
@@ -283,7 +302,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 return done
         start = int(jax.device_get(state["step"]))
 
-        step_kwargs = train_step_kwargs(config, num_steps)
+        step_kwargs = train_step_kwargs(
+            config, num_steps, model=model, per_device_batch=batch // n_dev
+        )
+        if step_kwargs["loss_splits"] > 1:
+            logging.info("Loss in %d parts per device batch", step_kwargs["loss_splits"])
         step_fn = make_train_step(graphs, mesh, **step_kwargs)
         # Walk warm-up: the first steps train the activation logits without the random walk.
         warmup = int(tc.walk_warmup_steps)

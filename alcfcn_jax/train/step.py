@@ -9,6 +9,14 @@ loss is exactly 0; here that is a ``jnp.where`` between the updated and the prev
 and optimizer state. A non-finite loss or gradient also leaves the state unchanged (metric
 ``nonfinite``); the loop then stops with an error naming the step and the term.
 
+Host overlap (``loss_splits``): the LCFCN targets come from a host callback that needs the
+forward's probabilities and blocks the backward. With ``loss_splits=S`` the step computes the
+forward and the loss of each of S parts of every device's batch separately (the images' losses are
+the same, only summed in another order), so XLA:CPU's executor runs one part's callback while it
+computes another part's forward or backward (the step profile in docs/results.md). It changes no
+random draw only without dropout and without the embedding term, so ``auto_loss_splits`` uses it
+only then, and only on the CPU backend, where the callback and the device work share the cores.
+
 Dropout: each step reseeds the model's dropout stream with ``fold_in(rng, step)``. The masks are
 drawn for the global batch, so every image (hence every device's shard) gets its own mask, and
 the result does not depend on how the batch is split over devices.
@@ -62,6 +70,54 @@ def forward(
     return model(batch["image"], **kwargs)
 
 
+# Parts per device batch that ``auto_loss_splits`` asks for (measured on the 2-core CPU: a step
+# of the frames default 8% faster with 4 parts than with 1, 2% with 2; docs/results.md).
+AUTO_LOSS_SPLITS = 4
+
+
+def _has_dropout(model: nnx.Module) -> bool:
+    return any(isinstance(m, nnx.Dropout) and float(m.rate) > 0 for _, m in nnx.iter_graph(model))
+
+
+def auto_loss_splits(
+    model: nnx.Module, loss_name: str, per_device_batch: int, *, embedding: bool = False
+) -> int:
+    """The ``loss_splits`` that training uses when ``config.train.loss_splits`` is 0 (auto).
+
+    ``AUTO_LOSS_SPLITS`` (or the largest divisor of the per-device batch below it) on the CPU
+    backend for the LCFCN loss (the only one with a host callback), when the model has no
+    dropout and there is no embedding term (their random draws depend on the batch they see);
+    1 otherwise.
+    """
+    if jax.default_backend() != "cpu" or loss_name != "lcfcn" or embedding or _has_dropout(model):
+        return 1
+    return max(d for d in range(1, AUTO_LOSS_SPLITS + 1) if per_device_batch % d == 0)
+
+
+def split_parts(batch: Mapping[str, jax.Array], parts: int, devices: int) -> list[dict]:
+    """``parts`` sub-batches, each holding ``1/parts`` of every device's images.
+
+    Image ``d * n + j`` of device ``d``'s ``n`` images goes to part ``j % parts``: the leading
+    axis is reshaped to (devices, n / parts, parts) and part ``j`` taken, so no image changes
+    device. Concatenating the parts' per-image values gives the batch's in another order.
+    """
+    if parts == 1:
+        return [dict(batch)]
+    b = next(iter(batch.values())).shape[0]
+    if b % (devices * parts):
+        raise ValueError(
+            f"loss_splits={parts} does not divide the per-device batch ({b} images on "
+            f"{devices} devices); set config.train.loss_splits to a divisor or 0 (auto)"
+        )
+    n = b // devices
+
+    def part(x: jax.Array, j: int) -> jax.Array:
+        y = x.reshape((devices, n // parts, parts) + x.shape[1:])[:, :, j]
+        return y.reshape((b // parts,) + x.shape[1:])
+
+    return [{k: part(v, j) for k, v in batch.items()} for j in range(parts)]
+
+
 def _snapshot(tree: Any) -> Any:
     """A structurally new copy of a state tree holding the same (immutable) arrays."""
     return jax.tree.map(lambda x: x, tree)
@@ -83,6 +139,7 @@ def make_train_step(
     walk: bool = True,
     affinity: AffinityLoss | None = None,
     embedding: EmbeddingLoss | None = None,
+    loss_splits: int = 1,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted train step ``(state, batch) -> (state, metrics)``.
 
@@ -100,6 +157,8 @@ def make_train_step(
       embedding: adds ``embedding.weight`` times the WISE embedding term (metric
         ``loss_embedding``, unweighted); its pixels are drawn with a seed folded from the
         state's rng and the step, so a rerun draws the same pairs.
+      loss_splits: compute the forward and the loss in this many parts of every device's batch
+        (module docstring; :func:`auto_loss_splits`); 1 = the whole batch at once.
 
     The batch holds ``image`` or the cached taps ``taps/<name>`` (see :func:`forward`).
 
@@ -122,6 +181,13 @@ def make_train_step(
         nnx.reseed(model, dropout=jax.random.fold_in(state["rng"], step))
 
         def objective(m):
+            parts = [part_loss(m, b) for b in split_parts(batch, loss_splits, mesh.devices.size)]
+            per_image = jnp.concatenate([p[0] for p in parts])
+            terms = {k: jnp.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
+            outputs_ok = functools.reduce(jnp.logical_and, [p[2] for p in parts])
+            return jnp.mean(per_image), ({k: jnp.mean(v) for k, v in terms.items()}, outputs_ok)
+
+        def part_loss(m, batch):
             if affinity is None and embedding is None:
                 logits = forward(m, batch, train=True, walk=walk)
             else:
@@ -149,7 +215,7 @@ def make_train_step(
                 )
                 per_image = per_image + embedding.weight * emb
                 terms = {**terms, "embedding": emb}
-            return jnp.mean(per_image), ({k: jnp.mean(v) for k, v in terms.items()}, outputs_ok)
+            return per_image, terms, outputs_ok
 
         (loss, (terms, outputs_ok)), grads = nnx.value_and_grad(
             objective, argnums=nnx.DiffState(0, graphs.wrt), has_aux=True
