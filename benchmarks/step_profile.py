@@ -1,28 +1,39 @@
-"""Where a train step's time goes: the frames default step, part by part.
+"""Where a train step's time goes, part by part: the frames default and the reference's step.
 
-    python -m benchmarks.step_profile [--batch=8] [--repeats=5] [--preset=alcfcn_ref]
+    python -m benchmarks.step_profile [--batch=8] [--repeats=5] [--preset=alcfcn_ref] \
+        [--loss_splits=N] [--trace]
+    python -m benchmarks.step_profile --preset=reference --batch=1 --trace
 
 The step is ``configs/frames.py``'s (default preset ``alcfcn_ref``: frozen EfficientNet-Lite0
 trunk read from the feature cache, decoder activation branch, 128-feature affinity branch, sparse
 random walk, LCFCN loss with its host callback, Adam), at the frames' size (304x541), on the
 first ``batch`` training frames shipped in the package with their real clicks. The heads are the
 shipped model's (trained), so the probabilities, and with them the blobs the host labels, are
-those of a trained model (random heads give one blob per image or thousands). Timed, each
-separately jitted on the same batch (median of ``repeats`` after a compiling call):
+those of a trained model (random heads give one blob per image or thousands). ``--preset=reference``
+profiles ``configs/deepfish.py``'s A-LCFCN instead: ResNet-38d trained end to end (no cache,
+random weights: the ImageNet ones are not reachable here) on the same frames at short side 256,
+batch 1 as the reference trains. Timed, each separately jitted on the same batch (median of
+``repeats`` after a compiling call):
 
-  * ``step``: the whole train step, as training runs it;
-  * ``forward_walk`` / ``forward_nowalk``: the heads' forward from the cached taps, with and
-    without the random walk;
+  * ``step``: the whole train step, as training builds it (``train.loss_splits`` auto unless
+    ``--loss_splits``; the figure ``loss_splits`` says which);
+  * ``forward_walk`` / ``forward_nowalk``: the forward (heads from the cached taps, or the whole
+    model), with and without the random walk;
   * ``grad_no_host``: forward + backward of a loss with fixed weight maps (the LCFCN loss's BCE
     without its host callback): the device side of the step without the optimizer;
   * ``host_targets``: ``lcfcn_targets.batch_maps`` on the same probabilities, on the host alone
-    (connected components, watershed, the dense maps), threaded as in the step;
-  * ``data``: reading one batch of cached taps (fp16 in memory) and putting it on the devices.
+    (connected components, watershed, the dense maps), threaded as in the step
+    (``host_targets_core_s``: the CPU time of all its threads);
+  * ``data``: putting one batch (cached taps, fp16 in memory, or images) on the devices.
 
 ``step_gflop`` is XLA's count of the step's floating-point operations (``cost_analysis``): with
 ``grad_no_host`` it gives the rate the device part runs at. The difference
 ``step - grad_no_host - host_targets`` is the optimizer, the callback's transfers
-and what does not overlap. Results: ``benchmarks/results/step_profile_<device>.json``.
+and what does not overlap. ``--trace`` adds ``trace``: the step's own operations from an XLA
+profile, in core milliseconds per step by part (network forward/backward, the walk's affinity
+matrix and steps, the full-resolution maps and loss, optimizer, the host callback's duration;
+``benchmarks/xla_trace.py``). Results: ``benchmarks/results/step_profile_<device>[_<preset>]
+[_splits<N>].json`` (no preset suffix for the default preset).
 """
 
 from __future__ import annotations
@@ -41,13 +52,16 @@ from alcfcn_jax import sharding as shd
 from benchmarks.common import host_info, time_calls
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+# ``--preset=reference``: configs/deepfish.py (ResNet-38d, batch 1 as the reference trains) on the
+# shipped frames scaled to the reference's short side (256; 256x456 for these 16:9 frames).
+REFERENCE_SHORT_SIDE = 256
 
 
-def _frames(batch: int):
+def _frames(batch: int, short_side: int | None = None):
     from alcfcn_jax.data import SAMPLE_DIR, boxes
     from alcfcn_jax.data import preprocess as pp
 
-    prep = pp.Preprocessing(304, "crop")
+    prep = pp.Preprocessing(short_side or 304, "crop")
     images, points = [], []
     files = sorted((SAMPLE_DIR / "train" / "images").glob("*.jpg"))
     for f in files:
@@ -73,7 +87,9 @@ def _frames(batch: int):
     return np.stack(images).astype(np.float32), np.stack(points)
 
 
-def run(batch: int, repeats: int, preset: str, loss_splits: int | None = None) -> dict:
+def run(
+    batch: int, repeats: int, preset: str, loss_splits: int | None = None, trace: bool = False
+) -> dict:
     from flax import nnx
 
     import configs.frames
@@ -85,8 +101,14 @@ def run(batch: int, repeats: int, preset: str, loss_splits: int | None = None) -
     from alcfcn_jax.train import state as train_state
     from alcfcn_jax.train import step as train_step
 
-    config = configs.frames.get_config(preset)
-    images, points = _frames(batch)
+    reference = preset == "reference"
+    if reference:
+        import configs.deepfish
+
+        config = configs.deepfish.get_config("alcfcn")
+    else:
+        config = configs.frames.get_config(preset)
+    images, points = _frames(batch, REFERENCE_SHORT_SIDE if reference else None)
     out: dict = {
         "host": host_info(),
         "preset": preset,
@@ -96,16 +118,26 @@ def run(batch: int, repeats: int, preset: str, loss_splits: int | None = None) -
     mesh = shd.make_mesh()
     out["devices"] = mesh.devices.size
     with jax.set_mesh(mesh):
-        trained, _ = shipped.load()
+        # The reference's ResNet-38d has no weights here (random, as its trunk trains); the frames
+        # heads are the shipped model's, so the host labels a trained model's blobs.
+        trained = None if reference else shipped.load()[0]
         graphs, state = train_state.create_train_state(config, mesh, model=trained)
         model = nnx.merge(graphs.model, state["model"])
-        extract = inputs.make_extract(model)
-        taps = {f"taps/{k}": np.asarray(v).astype(np.float16) for k, v in extract(images).items()}
-        host_batch = {"points": points, "mask": np.full(points.shape, 255, np.int32), **taps}
+        host_batch = {"points": points, "mask": np.full(points.shape, 255, np.int32)}
+        if reference:
+            host_batch["image"] = images
+        else:
+            extract = inputs.make_extract(model)
+            host_batch.update(
+                {f"taps/{k}": np.asarray(v).astype(np.float16) for k, v in extract(images).items()}
+            )
 
         def to_device():
             b = train_step.prepare_batch(
-                {**host_batch, **{k: v.astype(np.float32) for k, v in taps.items()}}
+                {
+                    k: v.astype(np.float32) if k.startswith("taps/") else v
+                    for k, v in host_batch.items()
+                }
             )
             return shd.to_global(b, mesh)
 
@@ -138,6 +170,16 @@ def run(batch: int, repeats: int, preset: str, loss_splits: int | None = None) -
             jax.block_until_ready(m)
             times.append(time.perf_counter() - t0)
         out["step_s"] = float(np.median(times))
+        if trace:
+            from benchmarks.xla_trace import profile_parts
+
+            out["trace"], (s, _) = profile_parts(
+                step,
+                (s, dev_batch),
+                repeats,
+                full_res=images.shape[1:3],
+                advance=lambda result, args: (result[0], args[1]),
+            )
 
         gdef, mstate = graphs.model, s["model"]
 
@@ -157,23 +199,24 @@ def run(batch: int, repeats: int, preset: str, loss_splits: int | None = None) -
         maps = lcfcn_targets.batch_maps(probs, fg, per_term=False)
         w_fg, w_bg = jnp.asarray(maps[:, 0]), jnp.asarray(maps[:, 1])
 
-        gdef2, params, rest = nnx.split(nnx.merge(gdef, mstate), graphs.wrt, ...)
-
-        def loss(params, rest, b):
-            m_ = nnx.merge(gdef2, params, rest)
+        def loss(m_, b):
             p = fish_probability(train_step.forward(m_, b, train=True, walk=True))
             return jnp.mean(weighted_bce(p, w_fg, w_bg))
 
-        g = jax.jit(jax.grad(loss))
-        _, ts = time_calls(g, (params, rest, dev_batch), repeats)
+        # nnx transforms: a model with dropout advances its RNG count inside the gradient.
+        g = nnx.jit(nnx.grad(loss, argnums=nnx.DiffState(0, graphs.wrt)))
+        _, ts = time_calls(g, (nnx.merge(gdef, mstate), dev_batch), repeats)
         out["grad_no_host_s"] = float(np.median(ts))
 
-        ts = []
+        ts, cpu = [], []
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             lcfcn_targets.batch_maps(probs, fg, per_term=True)
             ts.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
         out["host_targets_s"] = float(np.median(ts))
+        # CPU time of all the process's threads: the host's share of the cores.
+        out["host_targets_core_s"] = float(np.median(cpu))
         import scipy.ndimage as ndi
 
         out["blobs_per_image"] = float(
@@ -192,11 +235,17 @@ def main() -> None:
     parser.add_argument(
         "--loss_splits", type=int, default=None, help="override train.loss_splits (0 = auto)"
     )
+    parser.add_argument("--trace", action="store_true", help="add the XLA profile by part")
     args = parser.parse_args()
-    result = run(args.batch, args.repeats, args.preset, args.loss_splits)
+    result = run(args.batch, args.repeats, args.preset, args.loss_splits, args.trace)
     RESULTS.mkdir(exist_ok=True)
     device = jax.devices()[0].platform
-    (RESULTS / f"step_profile_{device}.json").write_text(json.dumps(result, indent=1) + "\n")
+    suffix = "" if args.preset == "alcfcn_ref" else f"_{args.preset}"
+    if args.loss_splits is not None:
+        suffix += f"_splits{args.loss_splits}"
+    (RESULTS / f"step_profile_{device}{suffix}.json").write_text(
+        json.dumps(result, indent=1) + "\n"
+    )
     print(json.dumps(result, indent=1))
 
 
