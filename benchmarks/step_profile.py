@@ -24,7 +24,9 @@ batch 1 as the reference trains. Timed, each separately jitted on the same batch
   * ``host_targets``: ``lcfcn_targets.batch_maps`` on the same probabilities, on the host alone
     (connected components, watershed, the dense maps), threaded as in the step
     (``host_targets_core_s``: the CPU time of all its threads);
-  * ``data``: putting one batch (cached taps, fp16 in memory, or images) on the devices.
+  * ``data``: putting one batch (cached taps, fp16 in memory, or images) on the devices;
+  * ``memory``: the device allocator's peak where the backend reports one (GPU, TPU) and the
+    process's peak resident memory.
 
 ``step_gflop`` is XLA's count of the step's floating-point operations (``cost_analysis``): with
 ``grad_no_host`` it gives the rate the device part runs at. The difference
@@ -85,6 +87,18 @@ def _frames(batch: int, short_side: int | None = None):
         if len(images) == batch:
             break
     return np.stack(images).astype(np.float32), np.stack(points)
+
+
+def _memory() -> dict:
+    """Peak memory: the device's allocator peak where it reports one (GPU, TPU), and this
+    process's peak resident set (on the CPU backend the device's arrays live there too)."""
+    import resource
+
+    out = {"process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        out["device_peak_mb"] = round(stats["peak_bytes_in_use"] / 2**20)
+    return out
 
 
 def run(
@@ -223,6 +237,7 @@ def run(
             np.mean([ndi.label(p > 0.5, structure=np.ones((3, 3)))[1] for p in probs])
         )
     out["rest_s"] = out["step_s"] - out["grad_no_host_s"] - out["host_targets_s"]
+    out["memory"] = _memory()
     out["loadavg_after"] = host_info()["loadavg"]
     return out
 
