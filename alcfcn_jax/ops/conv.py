@@ -23,13 +23,6 @@ kernel taps of a strided window of the input times that tap's per-channel weight
 into one elementwise loop: 7-20x faster forward and 4-10x faster forward + backward on the shapes
 of EfficientNet-Lite0 at 224x384 to 320x544 (``python -m benchmarks.conv``).
 
-With XLA:CPU's current convolution kernels the kernel gradient by taps pays only for 1x1
-convolutions and wide kxk ones: on the decoder's 3x3 convolutions (64-128 channels, and 288 -> 96)
-XLA's own gradient is 1.2-1.5x faster, on ResNet-38d's 3x3 ones (256-2048 channels) the taps are
-1.1-1.5x faster (``python /work/...`` is not needed: ``python -m benchmarks.conv`` and the table in
-docs/results.md). So kxk kernels with fewer than ``SMALL_KXK_PAIRS`` (Cin * Cout) channel pairs keep
-XLA's convolution and its gradient (``"auto"`` only; ``"taps"`` forces the taps everywhere).
-
 Only XLA:CPU benefits; on GPU/TPU (cuDNN, the TPU convolution unit) the plain convolution is used
 unchanged. ``conv_general_dilated`` picks the path at trace time from ``jax.default_backend()``;
 ``set_conv_impl`` overrides that (for tests and benchmarks).

@@ -59,14 +59,10 @@ def train_step_kwargs(
     ``per_device_batch``, 1 without a model). The training loop and the step benchmarks build
     their step from it."""
     embedding = embedding_loss_from_config(config)
-    splits = int(config.train.get("loss_splits", 0))
-    if splits == 0:
-        splits = (
-            1
-            if model is None
-            else auto_loss_splits(
-                model, config.loss.name, per_device_batch, embedding=embedding is not None
-            )
+    splits = int(config.train.loss_splits)
+    if splits == 0 and model is not None:
+        splits = auto_loss_splits(
+            model, config.loss.name, per_device_batch, embedding=embedding is not None
         )
     return dict(
         loss_name=config.loss.name,
@@ -74,7 +70,7 @@ def train_step_kwargs(
         skip_zero_loss=bool(config.train.skip_zero_loss),
         affinity=affinity_loss_from_config(config),
         embedding=embedding,
-        loss_splits=splits,
+        loss_splits=max(splits, 1),
     )
 
 
